@@ -1,0 +1,29 @@
+# Two commands for a fresh machine:  make demo  |  make test
+# Both create ./.venv (Python >= 3.11) with the core, the [train,dask,dev] extras
+# and the built-in plugins, each installed as its own distribution so that they
+# reach mura-ens through entry points exactly like a third-party plugin would.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,dask,dev]' $(foreach p,$(PLUGINS),-e $(p))
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mura-ens demo --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-out

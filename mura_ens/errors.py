@@ -1,0 +1,39 @@
+"""Exceptions that mean "the user asked for something unusable".
+
+The CLI turns any :class:`UsageError` into one line on stderr and exit code 2
+(a traceback only with ``MURA_ENS_DEBUG=1``). Library callers catch them like
+any exception.
+"""
+
+
+class UsageError(Exception):
+    """An unusable argument: missing folder, bad manifest, unknown option value."""
+
+
+class ManifestError(UsageError):
+    """A manifest that fails validation. ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = str(source)
+        self.problems = list(problems)
+        shown = self.problems[:20]
+        more = len(self.problems) - len(shown)
+        text = f"invalid manifest {self.source}: " + "; ".join(shown)
+        if more > 0:
+            text += f"; ... and {more} more"
+        super().__init__(text)
+
+
+class PluginError(UsageError):
+    """Unknown or broken plugin, or bad plugin parameters."""
+
+
+class ModelError(UsageError):
+    """An ONNX model that cannot be used (wrong input shape, missing metadata)."""
+
+
+class MissingExtraError(UsageError):
+    """An optional dependency group is not installed."""
+
+    def __init__(self, what: str, extra: str):
+        super().__init__(f"{what} needs the [{extra}] extra: pip install 'mura-ens[{extra}]'")

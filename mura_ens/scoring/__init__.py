@@ -1,0 +1,1 @@
+"""Scoring with ONNX Runtime (never TensorFlow): models, batch runner, ensembles, backends."""

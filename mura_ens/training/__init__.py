@@ -1,0 +1,1 @@
+"""Training (imports TensorFlow lazily): input pipeline, trainer, ONNX export."""
