@@ -14,3 +14,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _root() -> None:
+    """Abnormality detection on MURA-layout radiographs: data, training, ONNX export, scoring, ensembles."""

@@ -1,0 +1,583 @@
+"""Binary classification metrics per body part, with bootstrap intervals.
+
+Point estimates come from scikit-learn (``cohen_kappa_score``,
+``roc_auc_score``, ``accuracy_score``) on exactly the rows given, so they
+match it to floating-point precision. Confidence intervals are seeded
+percentile bootstraps computed for all resamples at once in numpy: AUC from
+rank statistics (Mann-Whitney U with average ranks for ties) and kappa from
+the 2x2 confusion counts of every resample.
+
+A metric that is undefined on a group (AUC with one class, kappa when labels
+and predictions are all one class, anything on an empty group) is ``None`` in
+the returned dicts, so that it serialises to JSON ``null``; the one-class case
+also emits an :class:`UndefinedMetricWarning` naming the group.
+
+Study-level metrics use study probabilities = mean of the study's image
+probabilities (:func:`study_probabilities`), as in the MURA paper.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import UndefinedMetricWarning as _SklearnUndefinedMetricWarning
+from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
+
+from .errors import UsageError
+
+__all__ = [
+    "UndefinedMetricWarning",
+    "GROUP_KEYS",
+    "binary_metrics",
+    "bootstrap_intervals",
+    "resampled_auc",
+    "resampled_kappa",
+    "study_probabilities",
+    "grouped_metrics",
+    "evaluate_predictions",
+    "metrics_rows",
+    "format_metrics_table",
+]
+
+#: Keys of one group's metrics (the ``GROUP`` of ``metrics.json``).
+GROUP_KEYS: tuple[str, ...] = (
+    "n",
+    "n_positive",
+    "kappa",
+    "kappa_ci",
+    "auc",
+    "auc_ci",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+)
+
+#: Group name used for rows whose body part is empty or missing.
+UNKNOWN_GROUP = "unknown"
+
+#: Upper bound on resamples x rows held in memory at once by the bootstrap.
+_BOOTSTRAP_CELLS = 4_000_000
+
+
+class UndefinedMetricWarning(_SklearnUndefinedMetricWarning):
+    """A metric is undefined on a group (e.g. ROC AUC when only one class is present).
+
+    Subclasses scikit-learn's warning of the same name, so filters set for
+    that one apply here too.
+    """
+
+
+# --------------------------------------------------------------------------
+# Vectorised resampled metrics
+# --------------------------------------------------------------------------
+
+
+def resampled_auc(y_true, y_prob, indices) -> np.ndarray:
+    """ROC AUC of every resample at once.
+
+    Parameters
+    ----------
+    y_true : array of shape (n,)
+        0/1 labels.
+    y_prob : array of shape (n,)
+        Scores; ties get average ranks (the Mann-Whitney U convention,
+        identical to scikit-learn's ``roc_auc_score``).
+    indices : int array of shape (n_resamples, m)
+        Row indices of each resample (``np.arange(n)[None]`` = the data itself).
+
+    Returns
+    -------
+    ndarray of shape (n_resamples,)
+        AUC per resample; NaN where a resample holds only one class.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    indices = np.asarray(indices)
+    n_resamples = indices.shape[0]
+    # Rank statistics on the distinct score values: per resample, count the
+    # positives and negatives at each value, then
+    # U = sum_v pos(v) * (neg(< v) + neg(= v) / 2), in exact integers as 2U.
+    _, value_of_row = np.unique(np.asarray(y_prob, dtype=np.float64), return_inverse=True)
+    n_values = int(value_of_row.max()) + 1 if value_of_row.size else 0
+    code = 2 * value_of_row.ravel() + y_true  # (value, class) of each row
+    key = code[indices] + 2 * n_values * np.arange(n_resamples)[:, None]
+    counts = np.bincount(key.ravel(), minlength=2 * n_values * n_resamples)
+    counts = counts.reshape(n_resamples, n_values, 2)
+    neg, pos = counts[..., 0], counts[..., 1]
+    twice_u = (pos * (2 * np.cumsum(neg, axis=1) - neg)).sum(axis=1)
+    n_pos = pos.sum(axis=1)
+    n_neg = neg.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = twice_u / (2.0 * n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
+
+
+def resampled_kappa(y_true, y_pred, indices) -> np.ndarray:
+    """Cohen's kappa of every resample at once, from its 2x2 confusion counts.
+
+    Parameters are as in :func:`resampled_auc`, with ``y_pred`` the 0/1
+    predictions. Returns NaN where kappa is undefined (chance agreement of
+    1, i.e. labels and predictions all of one and the same class), as
+    scikit-learn's ``cohen_kappa_score`` does.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    indices = np.asarray(indices)
+    n_resamples = indices.shape[0]
+    cell = 2 * y_true + y_pred  # 0 tn, 1 fp, 2 fn, 3 tp
+    key = (cell[indices] + 4 * np.arange(n_resamples)[:, None]).ravel()
+    counts = np.bincount(key, minlength=4 * n_resamples).reshape(n_resamples, 4).astype(np.float64)
+    tn, fp, fn, tp = counts.T
+    n = counts.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # kappa = 1 - observed disagreement / disagreement expected by chance
+        expected = ((tn + fp) * (fp + tp) + (fn + tp) * (tn + fn)) / n
+        kappa = 1.0 - (fp + fn) / expected
+    kappa[~(expected > 0)] = np.nan
+    return kappa
+
+
+def bootstrap_intervals(
+    y_true,
+    y_prob,
+    *,
+    threshold: float = 0.5,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float | None]]:
+    """Seeded percentile bootstrap intervals for kappa and ROC AUC.
+
+    Rows are resampled with replacement (the same resamples for both
+    metrics). Resamples where a metric is undefined (one class for AUC) are
+    dropped from that metric's interval. Resamples are drawn in chunks to
+    bound memory; the result depends only on the data, ``n_bootstrap`` and
+    ``seed``.
+
+    Returns
+    -------
+    dict
+        ``{"kappa_ci": [lo, hi], "auc_ci": [lo, hi]}``; ``[None, None]`` when
+        no resample defines the metric or ``n_bootstrap`` is 0.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    n = y_true.shape[0]
+    if n == 0 or n_bootstrap <= 0:
+        return {"kappa_ci": [None, None], "auc_ci": [None, None]}
+    y_pred = (y_prob > threshold).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_bootstrap, _BOOTSTRAP_CELLS // n))
+    kappas, aucs = [], []
+    for start in range(0, n_bootstrap, chunk):
+        indices = rng.integers(0, n, size=(min(chunk, n_bootstrap - start), n))
+        kappas.append(resampled_kappa(y_true, y_pred, indices))
+        aucs.append(resampled_auc(y_true, y_prob, indices))
+    alpha = (1.0 - ci) / 2.0
+    return {
+        "kappa_ci": _percentile_interval(np.concatenate(kappas), alpha),
+        "auc_ci": _percentile_interval(np.concatenate(aucs), alpha),
+    }
+
+
+def _percentile_interval(values: np.ndarray, alpha: float) -> list[float | None]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [None, None]
+    lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
+    return [float(lo), float(hi)]
+
+
+# --------------------------------------------------------------------------
+# One group
+# --------------------------------------------------------------------------
+
+
+def binary_metrics(
+    y_true,
+    y_prob,
+    *,
+    threshold: float = 0.5,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    group: str | None = None,
+) -> dict[str, Any]:
+    """Kappa, ROC AUC, accuracy, sensitivity and specificity of one group.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,)
+        Labels, 1 abnormal / 0 normal.
+    y_prob : array-like of shape (n,)
+        Probabilities of abnormality (finite).
+    threshold : float
+        Prediction is ``y_prob > threshold`` (strictly greater).
+    n_bootstrap : int
+        Bootstrap resamples for the kappa and AUC intervals (0 = no intervals).
+    ci : float
+        Confidence level of the percentile intervals.
+    seed : int
+        Seed of the bootstrap; the same seed gives the same intervals.
+    group : str, optional
+        Name of the group, used in warnings.
+
+    Returns
+    -------
+    dict
+        ``n``, ``n_positive`` (ints), ``kappa``, ``auc``, ``accuracy``,
+        ``sensitivity``, ``specificity`` (floats, or None where undefined)
+        and ``kappa_ci``, ``auc_ci`` (``[lo, hi]`` lists of floats or None).
+        AUC is None with one class present (with an
+        :class:`UndefinedMetricWarning`); kappa is None when labels and
+        predictions are all the same class; everything but ``n`` is None on
+        an empty group.
+    """
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    name = group or "all rows"
+    if y_true.ndim != 1 or y_prob.ndim != 1 or y_true.shape != y_prob.shape:
+        raise ValueError(
+            f"y_true and y_prob must be 1-d of equal length, got shapes {y_true.shape} and {y_prob.shape}"
+        )
+    if not 0.0 <= ci < 1.0:
+        raise ValueError(f"ci must be in [0, 1), got {ci!r}")
+    if not np.all(np.isfinite(y_prob)):
+        bad = y_prob[~np.isfinite(y_prob)][:5].tolist()
+        raise ValueError(f"y_prob must be finite ({name}), got {bad}")
+    bad_labels = sorted(set(np.unique(y_true).tolist()) - {0, 1})
+    if bad_labels:
+        raise ValueError(f"y_true must hold only 0 and 1 ({name}), got {bad_labels[:5]}")
+    y_true = y_true.astype(np.int64)
+    n = int(y_true.shape[0])
+    n_positive = int(y_true.sum())
+    result: dict[str, Any] = {
+        "n": n,
+        "n_positive": n_positive,
+        "kappa": None,
+        "kappa_ci": [None, None],
+        "auc": None,
+        "auc_ci": [None, None],
+        "accuracy": None,
+        "sensitivity": None,
+        "specificity": None,
+    }
+    if n == 0:
+        return result
+
+    y_pred = (y_prob > threshold).astype(np.int64)
+    tp = int(np.sum((y_true == 1) & (y_pred == 1)))
+    tn = int(np.sum((y_true == 0) & (y_pred == 0)))
+    result["accuracy"] = float(accuracy_score(y_true, y_pred))
+    result["sensitivity"] = tp / n_positive if n_positive else None
+    result["specificity"] = tn / (n - n_positive) if n - n_positive else None
+
+    with warnings.catch_warnings():
+        # sklearn warns (and returns NaN) when kappa is undefined; we report None.
+        warnings.simplefilter("ignore")
+        kappa = float(cohen_kappa_score(y_true, y_pred))
+    result["kappa"] = kappa if np.isfinite(kappa) else None
+
+    one_class = n_positive in (0, n)
+    if one_class:
+        warnings.warn(
+            f"{name}: only one class present (label={int(y_true[0])}, n={n}); ROC AUC is undefined",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
+    else:
+        result["auc"] = float(roc_auc_score(y_true, y_prob))
+
+    intervals = bootstrap_intervals(
+        y_true, y_prob, threshold=threshold, n_bootstrap=n_bootstrap, ci=ci, seed=seed
+    )
+    if result["kappa"] is not None:
+        result["kappa_ci"] = intervals["kappa_ci"]
+    if not one_class:
+        result["auc_ci"] = intervals["auc_ci"]
+    return result
+
+
+# --------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------
+
+
+def study_probabilities(images: pd.DataFrame, *, prob_cols: Iterable[str] = ("prob",), study_col: str = "study") -> pd.DataFrame:
+    """Aggregate image rows to study rows: study probability = mean of image probabilities.
+
+    NaN probabilities (images that could not be scored) are ignored; a study
+    with no valid probability gets NaN. ``patient`` and ``body_part`` (first
+    value) and ``label`` (first non-missing value) are kept when present;
+    ``n_images`` counts the study's image rows, scored or not. Studies keep
+    their order of first appearance.
+
+    Raises
+    ------
+    UsageError
+        When a column is missing or a study's images carry different labels.
+    """
+    prob_cols = list(prob_cols)
+    missing = [c for c in (study_col, *prob_cols) if c not in images.columns]
+    if missing:
+        raise UsageError(f"image table is missing column(s): {', '.join(missing)}")
+    grouped = images.groupby(study_col, sort=False, dropna=False)
+    out = pd.DataFrame({"n_images": grouped.size()})
+    for col in ("patient", "body_part"):
+        if col in images.columns:
+            out[col] = grouped[col].first()
+    if "label" in images.columns:
+        n_labels = grouped["label"].nunique(dropna=True)
+        conflicting = n_labels.index[n_labels > 1].tolist()
+        if conflicting:
+            shown = ", ".join(map(str, conflicting[:5]))
+            more = f" and {len(conflicting) - 5} more" if len(conflicting) > 5 else ""
+            raise UsageError(f"images of one study have different labels: {shown}{more}")
+        out["label"] = grouped["label"].first()
+    for col in prob_cols:
+        out[col] = pd.to_numeric(images[col]).groupby(images[study_col], sort=False, dropna=False).mean()
+    out = out.rename_axis(study_col).reset_index()
+    order = [study_col] + [c for c in ("patient", "body_part", "n_images", "label") if c in out.columns] + prob_cols
+    return out[order]
+
+
+def grouped_metrics(
+    frame: pd.DataFrame,
+    *,
+    prob_col: str = "prob",
+    label_col: str = "label",
+    group_col: str = "body_part",
+    threshold: float = 0.5,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Metrics overall and per body part: ``{"overall": GROUP, "by_body_part": {part: GROUP}}``.
+
+    Rows with a missing label or a missing probability are left out of the
+    metrics; each GROUP counts them in ``n_excluded``. Every body part
+    present in ``frame`` gets an entry (sorted by name), even one whose rows
+    are all excluded (then ``n`` is 0 and the metrics None); an empty body
+    part is reported as ``"unknown"``. ``name`` (e.g. ``"study"``) prefixes
+    group names in warnings. Each group is bootstrapped with the same
+    ``seed``, so a group's interval does not depend on the other groups.
+    """
+    missing = [c for c in (prob_col, label_col) if c not in frame.columns]
+    if missing:
+        raise UsageError(f"table is missing column(s): {', '.join(missing)}")
+    labels = pd.to_numeric(frame[label_col]).to_numpy(dtype=np.float64, na_value=np.nan)
+    probs = pd.to_numeric(frame[prob_col]).to_numpy(dtype=np.float64, na_value=np.nan)
+    valid = np.isfinite(labels) & np.isfinite(probs)
+    if group_col in frame.columns:
+        parts = frame[group_col].astype("string").fillna("").str.strip().to_numpy(dtype=object)
+        parts[parts == ""] = UNKNOWN_GROUP
+    else:
+        parts = np.full(len(frame), UNKNOWN_GROUP, dtype=object)
+    prefix = f"{name} " if name else ""
+    options = dict(threshold=threshold, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
+
+    def one(mask: np.ndarray, group: str) -> dict[str, Any]:
+        keep = mask & valid
+        result = binary_metrics(labels[keep], probs[keep], group=prefix + group, **options)
+        result["n_excluded"] = int(np.sum(mask & ~valid))
+        return result
+
+    everything = np.ones(len(frame), dtype=bool)
+    return {
+        "overall": one(everything, "overall"),
+        "by_body_part": {part: one(parts == part, part) for part in sorted(set(parts.tolist()))},
+    }
+
+
+def evaluate_predictions(
+    frame: pd.DataFrame,
+    *,
+    threshold: float = 0.5,
+    prob_col: str = "prob",
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``metrics.json`` structure for a table of study or image predictions.
+
+    ``frame`` needs ``study``, ``body_part``, ``label`` and ``prob_col``.
+    With a ``path`` column the rows are images: image-level metrics come
+    from the rows, study-level ones from :func:`study_probabilities`; image
+    rows whose ``status`` (when present) is neither ``ok`` nor empty count as
+    unscored. Without ``path`` the rows are studies. Empty probabilities
+    (failed studies) and empty labels are excluded and counted in
+    ``n_excluded``.
+
+    Returns
+    -------
+    dict
+        ``{"threshold", "bootstrap": {"n_resamples", "ci", "seed"},
+        "study": {"overall", "by_body_part"}, "image": {...}}``, ``image``
+        only for image rows.
+
+    Raises
+    ------
+    UsageError
+        Missing columns, labels other than 0/1, probabilities that are not
+        numbers in [0, 1], a threshold outside [0, 1].
+    """
+    required = ("study", "body_part", "label", prob_col)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise UsageError(f"predictions are missing column(s): {', '.join(missing)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"threshold must be in [0, 1], got {threshold}")
+    if n_bootstrap < 0:
+        raise UsageError(f"number of bootstrap resamples must be >= 0, got {n_bootstrap}")
+    if not 0.0 <= ci < 1.0:
+        raise UsageError(f"confidence level must be in [0, 1), got {ci}")
+    frame = frame.copy()
+    frame["label"] = _checked_labels(frame["label"])
+    frame[prob_col] = _checked_probabilities(frame[prob_col], prob_col)
+    options = dict(prob_col=prob_col, threshold=threshold, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
+    result: dict[str, Any] = {
+        "threshold": float(threshold),
+        "bootstrap": {"n_resamples": int(n_bootstrap), "ci": float(ci), "seed": int(seed)},
+    }
+    if "path" not in frame.columns:
+        result["study"] = grouped_metrics(frame, name="study", **options)
+        return result
+    if "status" in frame.columns:
+        status = frame["status"].astype("string").fillna("").str.strip()
+        unscored = ~status.isin(["", "ok"])
+        frame.loc[unscored, prob_col] = np.nan
+        # Files the scan skipped outside any study folder (a stray README.txt) have no
+        # study key; they are listed in images.csv but take no part in the metrics.
+        frame = frame.loc[~(unscored & frame["study"].isna())]
+    if frame["study"].isna().any():
+        rows = [int(i) + 2 for i in frame.index[frame["study"].isna()][:5]]
+        raise UsageError(f"image rows without a study key (CSV lines {rows}) cannot be aggregated to studies")
+    studies = study_probabilities(frame, prob_cols=(prob_col,))
+    result["study"] = grouped_metrics(studies, name="study", **options)
+    result["image"] = grouped_metrics(frame, name="image", **options)
+    return result
+
+
+def _checked_labels(labels: pd.Series) -> pd.Series:
+    numeric = pd.to_numeric(labels.astype("string").str.strip().replace("", pd.NA), errors="coerce")
+    bad = numeric.isna() & labels.notna() & (labels.astype("string").str.strip() != "")
+    bad |= numeric.notna() & ~numeric.isin([0, 1])
+    if bad.any():
+        values = labels[bad].astype("string").unique().tolist()[:5]
+        raise UsageError(f"column 'label' must hold 1, 0 or nothing; found {values}")
+    return numeric.astype("Int64")
+
+
+def _checked_probabilities(probs: pd.Series, column: str) -> pd.Series:
+    text = probs.astype("string").str.strip().replace("", pd.NA)
+    numeric = pd.to_numeric(text, errors="coerce").astype("Float64")
+    not_numbers = numeric.isna() & text.notna()
+    if not_numbers.any():
+        values = probs[not_numbers].astype("string").unique().tolist()[:5]
+        raise UsageError(f"column '{column}' must hold probabilities, found {values}")
+    outside = numeric.notna() & ((numeric < 0) | (numeric > 1))
+    if outside.any():
+        values = numeric[outside].unique().tolist()[:5]
+        raise UsageError(f"column '{column}' must hold probabilities in [0, 1], found {values}")
+    return numeric
+
+
+# --------------------------------------------------------------------------
+# Display
+# --------------------------------------------------------------------------
+
+#: (key, header) of the columns of a metrics table, in order.
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("group", "body part"),
+    ("n", "n"),
+    ("n_positive", "abn."),
+    ("kappa", "kappa [CI]"),
+    ("auc", "AUC [CI]"),
+    ("accuracy", "acc."),
+    ("sensitivity", "sens."),
+    ("specificity", "spec."),
+)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _fmt_ci(value: float | None, interval, sep: str) -> str:
+    text = _fmt(value)
+    lo, hi = (list(interval) + [None, None])[:2] if interval is not None else (None, None)
+    if value is None or lo is None or hi is None:
+        return text
+    return f"{text} [{lo:.3f}{sep}{hi:.3f}]"
+
+
+def metrics_rows(level: dict[str, Any], *, ci_sep: str = ", ") -> list[dict[str, str]]:
+    """Display strings of a level (``{"overall", "by_body_part"}``): one row per body part, then overall.
+
+    Each row maps the keys of :data:`TABLE_COLUMNS` (and ``n_excluded``) to
+    text; undefined values read ``n/a``; intervals read ``0.712 [0.650, 0.770]``
+    (``ci_sep`` between the bounds).
+    """
+
+    def row(group: str, m: dict[str, Any]) -> dict[str, str]:
+        return {
+            "group": group,
+            "n": str(m.get("n", 0)),
+            "n_positive": str(m.get("n_positive", 0)),
+            "kappa": _fmt_ci(m.get("kappa"), m.get("kappa_ci"), ci_sep),
+            "auc": _fmt_ci(m.get("auc"), m.get("auc_ci"), ci_sep),
+            "accuracy": _fmt(m.get("accuracy")),
+            "sensitivity": _fmt(m.get("sensitivity")),
+            "specificity": _fmt(m.get("specificity")),
+            "n_excluded": str(m.get("n_excluded", 0)),
+        }
+
+    rows = [row(part, m) for part, m in sorted(level.get("by_body_part", {}).items())]
+    if "overall" in level:
+        rows.append(row("overall", level["overall"]))
+    return rows
+
+
+def format_metrics_table(level: dict[str, Any], *, title: str = "Study-level metrics"):
+    """A ``rich.table.Table`` of a level (``{"overall", "by_body_part"}``) of ``metrics.json``.
+
+    One row per body part and an overall row; a caption counts the rows left
+    out for lack of a label or a probability, when there are any.
+    """
+    from rich import box
+    from rich.table import Table
+
+    # No space inside intervals: on a narrow terminal a cell wraps into two
+    # lines, point estimate above its interval.
+    rows = metrics_rows(level, ci_sep=",")
+    excluded = [(r["group"], r["n_excluded"]) for r in rows if r["n_excluded"] != "0"]
+    caption = None
+    if excluded:
+        total = excluded.pop() if excluded[-1][0] == "overall" else None
+        parts = ", ".join(f"{group} {n}" for group, n in excluded)
+        caption = f"excluded (no label or no probability): {total[1] if total else ''} ({parts})"
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for key, header in TABLE_COLUMNS:
+        if key == "group":
+            table.add_column(header, no_wrap=True, min_width=11)
+        elif key in ("kappa", "auc"):
+            table.add_column(header, justify="right", min_width=13)
+        else:
+            table.add_column(header, justify="right", no_wrap=True)
+    for i, r in enumerate(rows):
+        if r["group"] == "overall" and i > 0:
+            table.add_section()
+        table.add_row(*(r[key] for key, _ in TABLE_COLUMNS), style="bold" if r["group"] == "overall" else None)
+    return table
