@@ -1,3 +1,92 @@
-"""`mura-ens score` (placeholder until its issue lands; owned by the helper building it)."""
+"""`mura-ens score`: score images with ONNX models, ensemble per body part, write tables, metrics and a report.
 
-from ._app import app  # noqa: F401
+A thin wrapper over :func:`mura_ens.scoring.score.score`; heavy imports
+happen inside the command so that ``mura-ens --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._app import app
+
+
+@app.command("score")
+def score_command(
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="MURA-layout folder (any depth), folder with the official CSVs, or manifest CSV.")],
+    models: Annotated[Optional[Path], typer.Option("--models", metavar="DIR", help="Folder searched recursively for *.onnx models.")] = None,
+    model: Annotated[Optional[list[Path]], typer.Option("--model", metavar="FILE", help="One ONNX model file (repeatable).")] = None,
+    ensemble: Annotated[str, typer.Option(metavar="body_part|mean", help="body_part: mean of the models serving the study's part; mean: mean of the generalists.")] = "body_part",
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")] = Path("results"),
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Images per inference call.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(metavar="N", help="Decode threads (default: CPUs, at most 4).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(metavar="P", help="Decision threshold (default: the models' own if they agree, else 0.5).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out without re-scoring finished studies.")] = False,
+    providers: Annotated[Optional[list[str]], typer.Option("--providers", metavar="NAMES", help="onnxruntime execution providers, e.g. cpu or cuda,cpu (default: CUDA if available, else CPU).")] = None,
+    precision: Annotated[str, typer.Option(metavar="fp32|int8", help="fp32 or int8: which model file of each run folder to use.")] = "fp32",
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: only on a terminal).")] = None,
+) -> None:
+    """Score every image with every applicable ONNX model and write images.csv, studies.csv, metrics.json, report.html."""
+    import sys
+    import warnings
+
+    from rich.console import Console
+
+    from ..scoring.score import score
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # shown below as one line each
+            result = score(
+                input,
+                models_dir=models,
+                model_files=model or (),
+                ensemble=ensemble,
+                out=out,
+                batch_size=batch_size,
+                workers=workers,
+                threshold=threshold,
+                resume=resume,
+                providers=providers,
+                precision=precision,
+                progress=progress,
+            )
+    except KeyboardInterrupt:
+        print(f"mura-ens: finished batches are journalled in {out}; rerun with --resume to continue", file=sys.stderr)
+        raise
+    for w in caught:
+        print(f"mura-ens: warning: {w.message}", file=sys.stderr)
+    for note in result.notes:
+        print(f"mura-ens: {note}", file=sys.stderr)
+    print_summary(result, Console())
+
+
+def print_summary(result, console) -> None:
+    """Per-body-part metric tables (ensemble, then each model), counts, and where the files are.
+
+    Plain lines go through ``print`` (never wrapped, easy to grep); tables through the rich ``console``.
+    """
+    from ..metrics import format_metrics_table
+
+    images, studies = result.images, result.studies
+    n_ok = int((images["status"] == "ok").sum())
+    print(
+        f"{len(result.models)} models ({', '.join(m.name for m in result.models)}), ensemble {result.ensemble}, "
+        f"threshold {result.threshold:g}, providers {', '.join(result.providers)}"
+    )
+    print(f"images: {n_ok} scored of {len(images)} listed; studies: {int((studies['status'] == 'ok').sum())} scored of {len(studies)}")
+    failed = images.loc[images["status"] != "ok", "status"].value_counts()
+    if len(failed):
+        print("not scored: " + ", ".join(f"{status} {count}" for status, count in failed.items()))
+    if result.metrics is not None:
+        console.print(format_metrics_table(result.metrics["study"], title=f"Study-level metrics, ensemble ({result.ensemble})"))
+        for name, levels in result.metrics["models"].items():
+            console.print(format_metrics_table(levels["study"], title=f"Study-level metrics, {name}"))
+    else:
+        print("no labels in the input: metrics skipped")
+    for path in result.paths.values():
+        print(f"wrote {path}")
+    if "report" in result.paths:
+        print(f"report: {result.paths['report']}")

@@ -1,0 +1,171 @@
+"""The unit of scoring work: one batch of whole studies -> one row per image.
+
+:func:`score_batch` = :func:`prepare_batch` (decode each image once, resize
+once per distinct model input size/policy; no onnxruntime) followed by
+:func:`infer_batch` (run every applicable model, ``batch_size`` images per
+``session.run``). Both are top-level functions of picklable arguments
+(:class:`ImageTask`, :class:`RunnerConfig`): a process pool or a Dask
+``Client.get_executor()`` can run :func:`score_batch` unchanged, each worker
+building its sessions on first use (:func:`~mura_ens.scoring.sessions.get_session`).
+The local backend calls the two halves separately to overlap decoding with
+inference.
+
+A row is a dict ``{"index", "path", "status", "error", "prob__<model>"...}``
+holding a probability only for the models that serve the image's body part
+and only when ``status == "ok"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .models import ModelSpec
+from .sessions import SessionConfig, get_session
+
+#: Status of an image that was scored.
+OK = "ok"
+#: Status of an image that no model serves (its body part has no specialist and there is no generalist).
+NO_MODEL = "no_model_for_body_part"
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One image to score: its manifest row number (``index``), file and what models it needs."""
+
+    index: int
+    path: str
+    study: str
+    body_part: str
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Everything a worker needs besides the images; small and picklable."""
+
+    models: tuple[ModelSpec, ...]
+    session: SessionConfig = field(default_factory=SessionConfig)
+    batch_size: int = 32
+
+    def models_for(self, body_part: str) -> tuple[ModelSpec, ...]:
+        """The models that score images of ``body_part``."""
+        return tuple(m for m in self.models if m.serves(body_part))
+
+
+@dataclass
+class PreparedBatch:
+    """Decoded and resized pixels of one batch, ready for inference.
+
+    ``rows[i]`` is the output row of ``tasks[i]``; ``pixels[key]`` stacks the
+    images resized for the input ``key`` = (size, policy), and
+    ``slots[key][j]`` is the position in ``rows`` of ``pixels[key][j]``.
+    """
+
+    tasks: list[ImageTask]
+    rows: list[dict]
+    pixels: dict[tuple[int, str], np.ndarray]
+    slots: dict[tuple[int, str], list[int]]
+
+
+def prepare_batch(tasks: Sequence[ImageTask], config: RunnerConfig) -> PreparedBatch:
+    """Decode every image of ``tasks`` once and resize it for each input size its models need.
+
+    A bad image gets its :class:`~mura_ens.data.images.ImageError` status
+    (``unreadable``, ``not_an_image``, ``truncated``, ``empty_file``,
+    ``too_large``) and the error text; any other exception while reading one
+    image is recorded as ``unreadable`` rather than stopping the run. An image
+    no model serves is not decoded at all (``no_model_for_body_part``).
+    """
+    from ..data.images import ImageError, decode, resize_rgb
+
+    tasks = list(tasks)
+    rows: list[dict] = []
+    arrays: dict[tuple[int, str], list[np.ndarray]] = {}
+    slots: dict[tuple[int, str], list[int]] = {}
+    for pos, task in enumerate(tasks):
+        row = {"index": task.index, "path": task.path, "status": OK, "error": ""}
+        rows.append(row)
+        models = config.models_for(task.body_part)
+        if not models:
+            row["status"] = NO_MODEL
+            part = task.body_part or "unknown body part"
+            row["error"] = f"no generalist model and no specialist for {part}"
+            continue
+        try:
+            image = decode(task.path)
+            resized = {key: resize_rgb(image, *key) for key in dict.fromkeys(m.input_key for m in models)}
+        except ImageError as exc:
+            row["status"], row["error"] = exc.status, exc.detail or str(exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bad image must never stop the run
+            row["status"], row["error"] = "unreadable", f"{type(exc).__name__}: {exc}"
+            continue
+        for key, pixels in resized.items():
+            arrays.setdefault(key, []).append(pixels)
+            slots.setdefault(key, []).append(pos)
+    pixels = {key: np.stack(stack) for key, stack in arrays.items()}
+    return PreparedBatch(tasks=tasks, rows=rows, pixels=pixels, slots=slots)
+
+
+def infer_batch(prepared: PreparedBatch, config: RunnerConfig) -> list[dict]:
+    """Run every model on the prepared images it serves; return the rows with probabilities.
+
+    Each model sees only the ``ok`` images of the body parts it serves, in
+    chunks of ``config.batch_size``. Its first output is read as one
+    probability per image ((N, 1) or (N,)).
+    """
+    rows = prepared.rows
+    for model in config.models:
+        key = model.input_key
+        if key not in prepared.pixels:
+            continue
+        stack, slots = prepared.pixels[key], prepared.slots[key]
+        served = [j for j, pos in enumerate(slots) if model.serves(prepared.tasks[pos].body_part)]
+        if not served:
+            continue
+        session = get_session(model, config.session)
+        dtype = np.uint8 if model.input_dtype == "uint8" else np.float32
+        step = max(1, config.batch_size)
+        for start in range(0, len(served), step):
+            chunk = served[start : start + step]
+            batch = stack[chunk].astype(dtype, copy=False)
+            output = session.run(None, {model.input_name: batch})[0]
+            probs = np.asarray(output, dtype=np.float64).reshape(len(chunk), -1)
+            if probs.shape[1] != 1:
+                from ..errors import ModelError
+
+                raise ModelError(f"{model.path}: output shape {tuple(np.shape(output))}; expected (N, 1) probabilities")
+            for j, p in zip(chunk, probs[:, 0]):
+                rows[slots[j]][model.column] = float(p)
+    return rows
+
+
+def score_batch(tasks: Sequence[ImageTask], config: RunnerConfig) -> list[dict]:
+    """Score one batch of whole studies: decode, resize, infer. The unit sent to any executor."""
+    return infer_batch(prepare_batch(tasks, config), config)
+
+
+def plan_batches(tasks: Iterable[ImageTask], batch_size: int) -> list[list[ImageTask]]:
+    """Group tasks into batches of whole studies of at most ``batch_size`` images where possible.
+
+    Studies keep their order of first appearance; a study is never split (a
+    study larger than ``batch_size`` is a batch of its own), so a finished
+    batch is a set of finished studies for the resume journal. Batches are
+    closed before they would exceed ``batch_size``, so that each model runs
+    one full ``session.run`` per batch rather than a full one and a small rest.
+    """
+    by_study: dict[str, list[ImageTask]] = {}
+    for task in tasks:
+        by_study.setdefault(task.study, []).append(task)
+    batches: list[list[ImageTask]] = []
+    current: list[ImageTask] = []
+    for study_tasks in by_study.values():
+        if current and len(current) + len(study_tasks) > batch_size:
+            batches.append(current)
+            current = []
+        current.extend(study_tasks)
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,153 @@
+"""ONNX Runtime sessions: execution providers, session options, one cached session per model per process.
+
+An ``InferenceSession`` cannot be pickled, so work sent to another process
+(or a Dask worker) carries only :class:`~mura_ens.scoring.models.ModelSpec`
+and :class:`SessionConfig`; :func:`get_session` builds the session there on
+first use and keeps it for the life of the process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..errors import ModelError, UsageError
+
+#: Listed by onnxruntime but never usable for local scoring (FACTS.md): never chosen.
+_EXCLUDED_PROVIDERS = frozenset({"AzureExecutionProvider"})
+_SHORT_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+}
+
+
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers, minus ones we never use."""
+    import onnxruntime as ort
+
+    return [p for p in ort.get_available_providers() if p not in _EXCLUDED_PROVIDERS]
+
+
+def resolve_providers(requested: str | Iterable[str] | None = None) -> tuple[str, ...]:
+    """Validate and order the execution providers to use.
+
+    ``None`` picks CUDA when this onnxruntime build has it, else CPU (always
+    explicit: onnxruntime would otherwise also list AzureExecutionProvider).
+    ``requested`` may be full names or short ones (``cpu``, ``cuda``), as a list
+    or a comma list; an unknown or unavailable one is a :class:`UsageError`
+    naming the available providers. CPU is appended as the fallback for nodes
+    a GPU provider cannot run.
+    """
+    available = available_providers()
+    if requested is None:
+        chosen = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []
+    else:
+        items = [requested] if isinstance(requested, str) else list(requested)
+        names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+        if not names:
+            raise UsageError(f"--providers is empty; available: {', '.join(available)}")
+        chosen = []
+        for name in names:
+            full = _SHORT_NAMES.get(name.lower(), name)
+            if full not in available:
+                raise UsageError(f"execution provider {name!r} is not available; available: {', '.join(available)}")
+            if full not in chosen:
+                chosen.append(full)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return tuple(chosen)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity-aware where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS/Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def default_intra_op_threads(decode_workers: int) -> int:
+    """Intra-op threads for inference, leaving room for the decode workers.
+
+    Decoding + resizing a 512-px PNG costs 5-8% of a DenseNet201 inference
+    (FACTS.md), so inference should own nearly every core: on small machines
+    (<= 4 CPUs) it takes all of them, on larger ones it gives up to a quarter
+    of the cores (but no more than there are decode workers) to decoding.
+    """
+    cpus = usable_cpus()
+    reserve = 0 if cpus <= 4 else min(max(1, decode_workers), cpus // 4)
+    return max(1, cpus - reserve)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How sessions are built; picklable, part of the run's fingerprint."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0  # 0 = onnxruntime's default (one per physical core)
+
+
+def session_options(config: SessionConfig):
+    """The ``SessionOptions`` every scoring session uses, each choice deliberate."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    # Constant folding, node fusions (Conv+BN+Relu...) and layout transforms: free speed for inference.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # CNNs are one chain of ops: parallelism belongs inside each op (intra-op), not across ops.
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if config.intra_op_threads > 0:
+        so.intra_op_num_threads = config.intra_op_threads
+    # Idle intra-op threads otherwise spin for a while after each op and each run, burning the
+    # cores the decode workers need between batches; the pool is woken per parallel section instead.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Same-shape batches repeat: the arena and memory pattern reuse buffers instead of re-allocating.
+    so.enable_cpu_mem_arena = True
+    so.enable_mem_pattern = True
+    so.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
+    return so
+
+
+_CACHE: dict[tuple, object] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_session(spec, config: SessionConfig):
+    """The process's session for ``spec`` (a ModelSpec) under ``config``, built on first use.
+
+    Cached per (file, its hash, config): every later batch in this process
+    reuses it. A model onnxruntime cannot load is a :class:`ModelError`.
+    """
+    key = (spec.path, spec.sha256, config)
+    session = _CACHE.get(key)
+    if session is not None:
+        return session
+    with _CACHE_LOCK:
+        session = _CACHE.get(key)
+        if session is None:
+            import onnxruntime as ort
+
+            try:
+                session = ort.InferenceSession(
+                    spec.path, sess_options=session_options(config), providers=list(config.providers)
+                )
+            except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelError(f"{spec.path}: onnxruntime cannot load it: {first}") from None
+            _CACHE[key] = session
+    return session
+
+
+def clear_sessions() -> None:
+    """Drop every cached session (tests; freeing memory after a run)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
