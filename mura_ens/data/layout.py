@@ -1,0 +1,224 @@
+"""Walk a MURA-layout folder tree into manifest rows.
+
+``MURA-v1.1/{train,valid}/XR_<PART>/patientNNNNN/studyN_{positive,negative}/imageN.png``
+
+The walk may start at any depth: the root, a split folder, a body-part folder,
+a patient folder or one study folder. Split, body part and patient are read
+from the path components *above* each study folder, including the ancestors
+of the folder the walk started from, so walking
+``.../valid/XR_WRIST/patient11185/study1_positive`` still knows the split and
+the body part. A symlinked start folder is read where it points.
+
+Nothing is dropped silently: every file that does not become a manifest row is
+listed in :attr:`ScanResult.skipped` with a reason (see :data:`SKIP_REASONS`).
+Image files that are damaged (zero bytes, truncated) *are* manifest rows;
+scoring records their status per image.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple
+
+import pandas as pd
+
+from ..constants import BODY_PARTS, IMAGE_SUFFIXES, MANIFEST_COLUMNS
+
+#: Reasons a file or folder can be listed in ``skipped``.
+SKIP_REASONS: dict[str, str] = {
+    "appledouble": "macOS AppleDouble metadata file (._*), not an image",
+    "hidden": "hidden file or inside a hidden folder",
+    "not_an_image_suffix": "file suffix is not an image suffix",
+    "outside_study_folder": "image file not directly inside a studyN[_positive|_negative] folder",
+    "empty_study": "study folder without any image file",
+    "missing_file": "listed in a CSV but not found on disk",
+    "not_in_official_csv": "image file in a study folder that the official image CSV does not list",
+    "duplicate": "listed more than once",
+}
+
+SKIPPED_COLUMNS: tuple[str, ...] = ("path", "reason")
+
+_STUDY_RE = re.compile(r"^(study\d+)(?:_(positive|negative))?$", re.IGNORECASE)
+_PATIENT_RE = re.compile(r"^patient\d+$", re.IGNORECASE)
+_SPLIT_NAMES = ("train", "valid", "test")
+_PART_BY_UPPER = {part: part for part in BODY_PARTS}
+
+
+@dataclass
+class ScanResult:
+    """What a scan of a data source found.
+
+    ``manifest`` has exactly ``MANIFEST_COLUMNS`` (dtypes as in
+    docs/INTERNALS.md); ``skipped`` has columns ``path`` and ``reason``.
+    """
+
+    manifest: pd.DataFrame
+    skipped: pd.DataFrame = field(default_factory=lambda: skipped_frame([]))
+
+
+class StudyInfo(NamedTuple):
+    """What a study folder's path says about it."""
+
+    key: str
+    patient: str
+    body_part: str
+    split: str
+    label: int | None
+
+
+def parse_study_dir(parts: Iterable[str]) -> StudyInfo | None:
+    """Read split, body part, patient and label from a study folder's path components.
+
+    ``parts`` are the components of the study folder's path, the study folder
+    last. Returns ``None`` when the last component is not a study folder name
+    (``studyN``, ``studyN_positive``, ``studyN_negative``). Components that
+    cannot be found are empty strings and are left out of the study key.
+    """
+    parts = list(parts)
+    if not parts:
+        return None
+    match = _STUDY_RE.match(parts[-1])
+    if match is None:
+        return None
+    study_name = match.group(1).lower()
+    suffix = (match.group(2) or "").lower()
+    label = {"positive": 1, "negative": 0}.get(suffix)
+    above = parts[:-1]
+
+    patient = ""
+    if above and (_PATIENT_RE.match(above[-1]) or (len(above) > 1 and _body_part(above[-2]))):
+        patient = above.pop()
+    body_part = _body_part(above[-1]) if above else ""
+    if body_part:
+        above.pop()
+    split = above[-1].lower() if above and above[-1].lower() in _SPLIT_NAMES else ""
+    key = "/".join(piece for piece in (split, body_part, patient, study_name) if piece)
+    return StudyInfo(key=key, patient=patient, body_part=body_part, split=split, label=label)
+
+
+def _body_part(name: str) -> str:
+    return _PART_BY_UPPER.get(name.upper(), "")
+
+
+def is_image_name(name: str) -> bool:
+    """True for a file name with an image suffix (case-insensitive)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def skip_reason(name: str) -> str | None:
+    """The reason a file of this name is never an image row, or ``None``."""
+    if name.startswith("._"):
+        return "appledouble"
+    if name.startswith("."):
+        return "hidden"
+    if not is_image_name(name):
+        return "not_an_image_suffix"
+    return None
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that orders ``image2`` before ``image10``."""
+    return tuple(int(piece) if piece.isdigit() else piece for piece in re.split(r"(\d+)", text))
+
+
+def manifest_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
+    """A manifest frame with exactly ``MANIFEST_COLUMNS`` and their dtypes.
+
+    ``rows`` holds dicts (or a frame) with those keys; a missing ``split``
+    becomes ``""``; ``label`` may be 0, 1, ``None`` or NA.
+    """
+    frame = pd.DataFrame(rows if not isinstance(rows, pd.DataFrame) else rows.to_dict("records"))
+    data = {}
+    for column in MANIFEST_COLUMNS:
+        if column == "label":
+            values = frame[column].tolist() if column in frame else [None] * len(frame)
+            data[column] = pd.array([None if pd.isna(v) else int(v) for v in values], dtype="Int64")
+        else:
+            values = frame[column].tolist() if column in frame else [""] * len(frame)
+            data[column] = pd.array(["" if pd.isna(v) else str(v) for v in values], dtype="str")
+    return pd.DataFrame(data, columns=list(MANIFEST_COLUMNS))
+
+
+def skipped_frame(rows: Iterable[dict]) -> pd.DataFrame:
+    """A ``skipped`` frame (columns ``path``, ``reason``), sorted by path."""
+    frame = pd.DataFrame(list(rows), columns=list(SKIPPED_COLUMNS)).astype("str")
+    return frame.sort_values("path", key=lambda s: s.map(natural_key)).reset_index(drop=True)
+
+
+def sort_manifest(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered by study key, then image path, numbers compared as numbers."""
+    studies, paths = frame["study"].tolist(), frame["path"].tolist()
+    study_keys = {study: natural_key(study) for study in set(studies)}
+    order = sorted(range(len(frame)), key=lambda i: (study_keys[studies[i]], natural_key(paths[i])))
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def walk_mura(folder: str | os.PathLike) -> ScanResult:
+    """Walk a MURA-layout tree from any depth into a :class:`ScanResult`.
+
+    Labels come from the study folder names (``_positive`` 1, ``_negative`` 0,
+    no suffix ``<NA>``). Files are visited in a deterministic order and rows
+    are sorted by study, then path.
+    """
+    root = os.path.abspath(os.fspath(folder))
+    real_root = os.path.realpath(root)  # a symlinked folder: read split/part/patient from where it points
+    rows: list[dict] = []
+    skipped: list[dict] = []
+
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        in_hidden = rel != "." and any(piece.startswith(".") for piece in rel.split(os.sep))
+        info = None if in_hidden else parse_study_dir(os.path.normpath(os.path.join(real_root, rel)).split(os.sep))
+        n_images = 0
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            reason = skip_reason(name)
+            if reason is None and in_hidden:
+                reason = "hidden"
+            if reason is None and info is None:
+                reason = "outside_study_folder"
+            if reason is not None:
+                skipped.append({"path": path, "reason": reason})
+                continue
+            n_images += 1
+            rows.append(
+                {
+                    "path": path,
+                    "study": info.key,
+                    "patient": info.patient,
+                    "body_part": info.body_part,
+                    "label": info.label,
+                    "split": info.split,
+                }
+            )
+        if info is not None:
+            if n_images == 0 and not any(_STUDY_RE.match(d) for d in dirnames):
+                skipped.append({"path": dirpath, "reason": "empty_study"})
+
+    manifest = manifest_frame(rows)
+    manifest = _disambiguate_keys(manifest, root)
+    return ScanResult(manifest=sort_manifest(manifest), skipped=skipped_frame(skipped))
+
+
+def _disambiguate_keys(manifest: pd.DataFrame, root: str) -> pd.DataFrame:
+    """Give studies whose parsed keys collide a key from their folder path instead.
+
+    Happens only outside the MURA layout (e.g. ``a/study1`` and ``b/study1``
+    with no patient folder); MURA trees always give unique keys.
+    """
+    if manifest.empty:
+        return manifest
+    folders = manifest["path"].map(os.path.dirname)
+    n_folders = folders.groupby(manifest["study"]).nunique()
+    clashing = n_folders.index[n_folders > 1]
+    if len(clashing) == 0:
+        return manifest
+    mask = manifest["study"].isin(clashing)
+    base = os.path.dirname(root) or root
+    new_keys = folders[mask].map(lambda d: os.path.relpath(d, base).replace(os.sep, "/"))
+    manifest = manifest.copy()
+    manifest.loc[mask, "study"] = new_keys
+    return manifest

@@ -1,0 +1,38 @@
+"""Shared pytest fixtures.
+
+``synth_small`` (session scope) is a small synthetic MURA tree, made once per
+test session in a temporary folder with::
+
+    make_synthetic_mura(tmp, studies_per_part=6, size=64, seed=3)
+
+i.e. 7 body parts x 6 studies (5 train + 1 valid per part), 1-4 PNGs per
+study at 64 px, with the quirks on: one ``._image1.png`` AppleDouble file,
+one truncated PNG (valid split), one zero-byte PNG (train split), one
+relabelled study (folder name disagrees with the studies CSV) and one patient
+id under two body parts. It takes well under a second.
+
+The fixture returns the summary dict of
+:func:`mura_ens.data.synth.make_synthetic_mura`; the useful keys:
+
+- ``synth_small["root"]``: the ``MURA-v1.1`` folder (str), holding
+  ``train/``, ``valid/`` and the four official CSVs;
+- ``synth_small["out"]``: its parent (str);
+- ``synth_small["quirk_files"]``: ``{"appledouble", "truncated", "zero_byte"}`` -> absolute path;
+- ``synth_small["relabelled_study"]``: ``{"path", "study", "folder_label", "csv_label"}``;
+- ``synth_small["counts"][split][part]`` and ``synth_small["totals"][split]``.
+
+Treat the tree as read-only: it is shared by every test of the session.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> dict:
+    """A small synthetic MURA tree (see the module docstring); returns the synth summary."""
+    from mura_ens.data.synth import make_synthetic_mura
+
+    out = tmp_path_factory.mktemp("synth_small")
+    return make_synthetic_mura(out, studies_per_part=6, size=64, seed=3)
