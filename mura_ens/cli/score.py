@@ -22,12 +22,15 @@ def score_command(
     ensemble: Annotated[str, typer.Option(metavar="body_part|mean", help="body_part: mean of the models serving the study's part; mean: mean of the generalists.")] = "body_part",
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")] = Path("results"),
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Images per inference call.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(metavar="N", help="Decode threads (default: CPUs, at most 4).")] = None,
+    workers: Annotated[Optional[int], typer.Option(metavar="N", help="Decode threads (default: CPUs, at most 4); with --backend dask and no scheduler: local worker processes (default: one per CPU).")] = None,
     threshold: Annotated[Optional[float], typer.Option(metavar="P", help="Decision threshold (default: the models' own if they agree, else 0.5).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out without re-scoring finished studies.")] = False,
     providers: Annotated[Optional[list[str]], typer.Option("--providers", metavar="NAMES", help="onnxruntime execution providers, e.g. cpu or cuda,cpu (default: CUDA if available, else CPU).")] = None,
     precision: Annotated[str, typer.Option(metavar="fp32|int8", help="fp32 or int8: which model file of each run folder to use.")] = "fp32",
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: only on a terminal).")] = None,
+    backend: Annotated[str, typer.Option(metavar="local|dask", help="local: this machine; dask: a Dask cluster (needs the [dask] extra).")] = "local",
+    scheduler: Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786, or a scheduler file (default: $DASK_SCHEDULER_ADDRESS; neither: a local cluster).")] = None,
+    ship_models: Annotated[bool, typer.Option("--ship-models", help="With --backend dask: send the model files to the workers instead of reading them at the same paths there.")] = False,
 ) -> None:
     """Score every image with every applicable ONNX model and write images.csv, studies.csv, metrics.json, report.html."""
     import sys
@@ -52,6 +55,9 @@ def score_command(
                 providers=providers,
                 precision=precision,
                 progress=progress,
+                backend=backend,
+                scheduler=scheduler,
+                ship_models=ship_models,
             )
     except KeyboardInterrupt:
         print(f"mura-ens: finished batches are journalled in {out}; rerun with --resume to continue", file=sys.stderr)

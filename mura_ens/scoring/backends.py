@@ -4,7 +4,8 @@ A backend maps an iterable of batches (lists of
 :class:`~mura_ens.scoring.runner.ImageTask`) to an iterator of
 ``(batch_number, rows)`` pairs, in any order; the caller journals and
 assembles them by row index, so completion order never matters. A distributed
-backend only has to run :func:`~mura_ens.scoring.runner.score_batch` remotely.
+backend only has to run :func:`~mura_ens.scoring.runner.score_batch` remotely:
+``dask`` (:mod:`~mura_ens.scoring.dask_backend`, imported only when chosen).
 """
 
 from __future__ import annotations
@@ -73,13 +74,39 @@ class LocalBackend:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-BACKENDS: tuple[str, ...] = ("local",)
+BACKENDS: tuple[str, ...] = ("local", "dask")
 
 
-def make_backend(name: str = "local", *, workers: int = 2) -> Backend:
-    """The backend called ``name``; :class:`~mura_ens.errors.UsageError` for an unknown one."""
-    from ..errors import UsageError
+def make_backend(
+    name: str = "local",
+    *,
+    workers: int = 2,
+    scheduler: str | None = None,
+    ship_models: bool = False,
+    cluster_workers: int | None = None,
+) -> Backend:
+    """The backend called ``name``; :class:`~mura_ens.errors.UsageError` for an unknown one.
+
+    ``workers`` are the local backend's decode threads. ``scheduler``,
+    ``ship_models`` and ``cluster_workers`` (worker processes of an in-process
+    LocalCluster; default one per CPU) belong to ``dask``
+    (:class:`~mura_ens.scoring.dask_backend.DaskBackend`), whose absence is a
+    :class:`~mura_ens.errors.MissingExtraError` naming the ``[dask]`` extra.
+    """
+    from ..errors import MissingExtraError, UsageError
 
     if name == "local":
+        dask_only = [option for option, given in (("--scheduler", scheduler), ("--ship-models", ship_models)) if given]
+        if dask_only:
+            verb = "needs" if len(dask_only) == 1 else "need"
+            raise UsageError(f"{' and '.join(dask_only)} {verb} --backend dask")
         return LocalBackend(workers=workers)
+    if name == "dask":
+        try:
+            from .dask_backend import DaskBackend
+        except ImportError as exc:
+            if (exc.name or "").partition(".")[0] in ("dask", "distributed"):
+                raise MissingExtraError("--backend dask", "dask") from None
+            raise
+        return DaskBackend(scheduler=scheduler, n_workers=cluster_workers, ship_models=ship_models)
     raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

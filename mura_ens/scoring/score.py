@@ -86,6 +86,8 @@ def score(
     precision: str = "fp32",
     progress: bool | None = None,
     backend: str = "local",
+    scheduler: str | None = None,
+    ship_models: bool = False,
 ) -> ScoreResult:
     """Score every image of ``input`` with every applicable ONNX model and write the outputs to ``out``.
 
@@ -106,7 +108,9 @@ def score(
         Images per ``session.run``; batches of whole studies of about this size
         are the unit of work and of the resume journal.
     workers
-        Decode threads (default :func:`default_workers`).
+        Decode threads (default :func:`default_workers`); with ``backend="dask"``
+        and no scheduler, the worker processes of the in-process LocalCluster
+        (default: one per CPU).
     threshold
         Decision threshold; default: the models' metadata threshold if they
         agree, else 0.5.
@@ -120,7 +124,14 @@ def score(
     progress
         Draw a progress bar; default only when stderr is a terminal.
     backend
-        ``local`` (the only one so far).
+        ``local`` (this machine) or ``dask`` (a Dask cluster, see
+        :mod:`~mura_ens.scoring.dask_backend`); the output files are the same.
+    scheduler
+        ``dask`` only: the scheduler's address or scheduler file (default
+        ``$DASK_SCHEDULER_ADDRESS``; with neither, a LocalCluster is started).
+    ship_models
+        ``dask`` only: send the models' bytes to the workers instead of
+        relying on them seeing the model files at the same paths.
 
     Raises
     ------
@@ -137,6 +148,7 @@ def score(
         raise UsageError(f"--out must be a folder, got a file: {out}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    requested_workers = workers
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
@@ -145,7 +157,9 @@ def score(
     models = load_models(models_dir, model_files, precision=precision)
     check_ensemble(ensemble, models)
     decision_threshold = resolve_threshold(models, threshold)
-    runner_backend = make_backend(backend, workers=workers)
+    runner_backend = make_backend(
+        backend, workers=workers, scheduler=scheduler, ship_models=ship_models, cluster_workers=requested_workers
+    )
 
     from ..data.manifest import scan_source
 
@@ -222,7 +236,7 @@ def score(
     failed = images_out.loc[images_out["status"] != "ok", ["path", "study", "body_part", "status", "error"]]
     model_info = [_model_info(m) for m in models]
     provenance = _provenance(
-        input_path, out, models, ensemble=ensemble, threshold=decision_threshold, precision=precision,
+        input_path, out, models, ensemble=ensemble, threshold=decision_threshold, precision=precision, backend=backend,
         providers=chosen_providers, batch_size=batch_size, workers=workers, n_images=len(manifest),
         n_skipped=len(scan.skipped),
     )
