@@ -37,3 +37,11 @@ class MissingExtraError(UsageError):
 
     def __init__(self, what: str, extra: str):
         super().__init__(f"{what} needs the [{extra}] extra: pip install 'mura-ens[{extra}]'")
+
+
+class RunFailed(Exception):
+    """A run that stopped part-way for a reason outside the user's arguments.
+
+    The CLI prints one line and exits with code 1; what was finished is kept
+    (scoring's journal), so the message says how to continue.
+    """

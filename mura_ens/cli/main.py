@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..constants import DEBUG_ENV
-from ..errors import ManifestError, UsageError
+from ..errors import ManifestError, RunFailed, UsageError
 from ._app import app
 
 # Importing a command module registers its command on ``app``.
@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mura-ens: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        if _debug():
+            raise
+        print(f"mura-ens: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mura-ens: interrupted", file=sys.stderr)
         return 130

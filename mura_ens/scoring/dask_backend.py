@@ -48,10 +48,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
-from distributed import Client, LocalCluster, as_completed, get_worker
+from distributed import Client, KilledWorker, LocalCluster, as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..errors import ModelError, UsageError
+from ..errors import ModelError, RunFailed, UsageError
 from .models import ModelSpec
 from .runner import ImageTask, RunnerConfig, score_batch
 
@@ -271,7 +271,13 @@ class DaskBackend:
         # its futures, and the scheduler drops the work nobody wants any more.
         fill()
         for future in done:
-            rows = future.result()  # a task's exception (after its retries) is raised here
+            try:
+                rows = future.result()  # a task's exception (after its retries) is raised here
+            except KilledWorker as exc:
+                raise RunFailed(
+                    f"batch {numbers[future.key]} killed every Dask worker that ran it ({_first_line(exc)}); "
+                    "finished batches are journalled: rerun with --resume"
+                ) from exc
             number = numbers.pop(future.key)
             del future  # nothing else holds it now: the cluster may forget the result
             fill()  # keep the workers busy while the caller journals this batch
