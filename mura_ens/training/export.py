@@ -1,0 +1,316 @@
+"""Keras -> ONNX export with tf2onnx, self-describing metadata and a Keras-vs-ORT parity check.
+
+Version facts this code relies on (TF 2.21 / Keras 3.15 / tf2onnx 1.17 /
+onnxruntime 1.32):
+
+- ``tf2onnx.convert.from_keras`` needs an explicit ``input_signature`` for a
+  Keras 3 model (it cannot infer one); a ``None`` batch dimension in the
+  ``TensorSpec`` keeps the batch dynamic. tf2onnx supports opset <= 18; we
+  use 17.
+- Input/output tensor names depend on the conversion route: readers take
+  them from the session, never hard-code them. We name the input ``image``
+  and the batch dimension ``N``.
+- onnxruntime also lists ``AzureExecutionProvider``: providers are passed
+  explicitly.
+- A model trained under the ``mixed_float16`` policy is rebuilt in float32
+  (same weights) before conversion, so the ONNX graph is plain fp32.
+
+Export fails (:class:`ParityError`, nothing written) when ONNX Runtime and
+Keras disagree on a real batch of data images by more than
+:data:`PARITY_TOLERANCE` in probability.
+
+Quantization hook: ``quantize`` is accepted by :func:`export_model` and
+:func:`export_run` but no mode exists yet (:data:`QUANTIZATION_MODES`). The
+int8 issue adds static ORT quantization as a step after the fp32 parity
+check, writing ``model.int8.onnx`` with a ``quantization`` metadata prop and
+calibrating on training images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ModelError, UsageError
+from ..io import atomic_write_bytes, atomic_write_json
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+INPUT_NAME = "image"
+MODEL_FILE = "model.onnx"
+CARD_FILE = "card.json"
+BEST_FILE = "best.keras"
+#: A few real, preprocessed data images kept in the run folder so ``export_run`` can re-check parity.
+PARITY_BATCH_FILE = "parity_batch.npz"
+#: Quantization modes :func:`export_model` knows; the int8 issue adds ``"int8"``.
+QUANTIZATION_MODES: tuple[str, ...] = ()
+
+
+class ParityError(ModelError):
+    """ONNX Runtime and Keras disagree on the same images by more than the tolerance."""
+
+
+def onnx_metadata(
+    *,
+    plugin: str,
+    model_name: str,
+    body_parts: list[str] | tuple[str, ...],
+    input_size: int,
+    resize_policy: str,
+    threshold: float = 0.5,
+    base_plugin: str | None = None,
+) -> dict[str, str]:
+    """The ``metadata_props`` every exported model carries (docs/INTERNALS.md)."""
+    props = {
+        "plugin": plugin,
+        "model_name": model_name,
+        "body_parts": ",".join(body_parts),
+        "input_size": str(int(input_size)),
+        "resize_policy": resize_policy,
+        "threshold": repr(float(threshold)),
+        "mura_ens_version": __version__,
+    }
+    if base_plugin:
+        props["base_plugin"] = base_plugin
+    return props
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict (no TensorFlow needed)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def float32_model(model):
+    """``model`` itself, or a float32 rebuild with the same weights when it uses a mixed policy."""
+    from .tf_runtime import import_tensorflow
+
+    _, keras = import_tensorflow()
+    if not any(_policy_name(layer).startswith("mixed") for layer in _walk_layers(model)):
+        return model
+    config = _float32_config(model.get_config())
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("float32")
+    try:
+        clone = model.__class__.from_config(config)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _policy_name(layer) -> str:
+    policy = getattr(layer, "dtype_policy", None)
+    return str(getattr(policy, "name", "") or "")
+
+
+def _walk_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _walk_layers(layer)
+
+
+def _float32_config(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and str(
+            value.get("config", {}).get("name", "")
+        ).startswith("mixed"):
+            return {**value, "config": {**value["config"], "name": "float32"}}
+        return {key: _float32_config(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_float32_config(item) for item in value]
+    if isinstance(value, str) and value.startswith("mixed_"):
+        return "float32"
+    return value
+
+
+def convert_to_onnx(model, *, image_size: int, opset: int = OPSET):
+    """The ONNX ``ModelProto`` of a float32 Keras model with input ``image`` (N, S, S, 3)."""
+    from .tf_runtime import import_tensorflow, silenced_stderr
+
+    tf, _ = import_tensorflow()
+    import tf2onnx
+
+    signature = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=INPUT_NAME),)
+    with silenced_stderr():
+        model_proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    _name_batch_dimension(model_proto)
+    return model_proto
+
+
+def _name_batch_dimension(model_proto) -> None:
+    inputs = list(model_proto.graph.input)
+    if len(inputs) != 1:
+        raise ModelError(f"exported graph has {len(inputs)} inputs, expected 1")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or dims[0].HasField("dim_value"):
+        raise ModelError(f"exported graph input is not (N, H, W, 3) with a dynamic batch: {dims}")
+    for value in (*model_proto.graph.input, *model_proto.graph.output):
+        dim = value.type.tensor_type.shape.dim
+        if len(dim) and not dim[0].HasField("dim_value"):
+            dim[0].dim_param = "N"
+
+
+def set_metadata(model_proto, metadata: Mapping[str, str]) -> None:
+    """Replace the ``metadata_props`` of ``model_proto`` with ``metadata`` (values as strings)."""
+    del model_proto.metadata_props[:]
+    for key, value in metadata.items():
+        prop = model_proto.metadata_props.add()
+        prop.key = str(key)
+        prop.value = str(value)
+    model_proto.doc_string = (
+        "mura-ens model: float32 (N, H, W, 3) RGB pixels in 0-255 -> (N, 1) probability of abnormality"
+    )
+
+
+def onnx_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
+    """Run ONNX Runtime (CPUExecutionProvider) on ``images``; return probabilities (N,)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)}
+    return np.asarray(session.run(None, feed)[0], dtype=np.float64).reshape(-1)
+
+
+def export_model(
+    model,
+    path: str | Path,
+    *,
+    metadata: Mapping[str, str],
+    parity_images: np.ndarray,
+    opset: int = OPSET,
+    tolerance: float = PARITY_TOLERANCE,
+    quantize: str | None = None,
+) -> dict[str, Any]:
+    """Convert ``model`` to ONNX at ``path`` after checking parity with Keras on ``parity_images``.
+
+    ``parity_images``: float32 (N, S, S, 3) 0-255 real data images (N >= 1).
+    Returns ``{"path", "onnx_max_abs_diff", "parity_images", "opset",
+    "seconds", "bytes", "input_name", "output_name"}``. Raises
+    :class:`ParityError` (and writes nothing) when the largest absolute
+    probability difference exceeds ``tolerance``.
+    """
+    if quantize is not None:
+        raise UsageError(f"quantization {quantize!r} is not available yet (known: {', '.join(QUANTIZATION_MODES) or 'none'})")
+    images = np.asarray(parity_images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[0] < 1 or images.shape[-1] != 3:
+        raise ModelError(f"parity check needs a batch of (N, S, S, 3) images, got shape {images.shape}")
+    start = time.perf_counter()
+    model = float32_model(model)
+    image_size = int(images.shape[1])
+    model_proto = convert_to_onnx(model, image_size=image_size, opset=opset)
+    set_metadata(model_proto, metadata)
+    data = model_proto.SerializeToString()
+    onnx_prob = onnx_probabilities(data, images)
+    keras_prob = np.asarray(model.predict_on_batch(images), dtype=np.float64).reshape(-1)
+    diff = float(np.max(np.abs(onnx_prob - keras_prob)))
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ParityError(
+            f"ONNX export of {metadata.get('model_name', '?')} fails the parity check: "
+            f"max |p_onnx - p_keras| = {diff:.3g} > {tolerance:g} on {len(images)} images"
+        )
+    atomic_write_bytes(path, data)
+    import onnx
+
+    return {
+        "path": str(Path(path)),
+        "onnx_max_abs_diff": diff,
+        "parity_images": int(len(images)),
+        "parity_tolerance": tolerance,
+        "opset": opset,
+        "seconds": round(time.perf_counter() - start, 3),
+        "bytes": len(data),
+        "input_name": model_proto.graph.input[0].name,
+        "output_name": model_proto.graph.output[0].name,
+        "onnx_version": onnx.__version__,
+    }
+
+
+def save_parity_batch(run_dir: str | Path, images: np.ndarray, paths: list[str]) -> Path:
+    """Keep the parity images (uint8) and their paths in the run folder."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=np.asarray(images).round().astype(np.uint8), paths=np.asarray(paths, dtype=str))
+    return atomic_write_bytes(Path(run_dir) / PARITY_BATCH_FILE, buffer.getvalue())
+
+
+def load_parity_batch(run_dir: str | Path) -> tuple[np.ndarray, list[str]]:
+    """The images (float32) and paths saved by :func:`save_parity_batch`."""
+    with np.load(Path(run_dir) / PARITY_BATCH_FILE) as data:
+        return data["images"].astype(np.float32), [str(p) for p in data["paths"]]
+
+
+def export_run(run_dir: str | Path, *, quantize: str | None = None) -> Path:
+    """Re-export ``RUN_DIR/best.keras`` to ``RUN_DIR/model.onnx``; update ``card.json``. Returns the ONNX path.
+
+    Metadata come from the card; parity is checked on the run's saved batch
+    of real images (``parity_batch.npz``), or on the card's parity image
+    paths when that file is gone.
+    """
+    run_dir = Path(run_dir)
+    card_path = run_dir / CARD_FILE
+    best = run_dir / BEST_FILE
+    for needed in (run_dir, card_path, best):
+        if not needed.exists():
+            raise UsageError(f"not a mura-ens run folder: {needed} is missing")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        metadata = dict(card["onnx_metadata"])
+        image_size = int(metadata["input_size"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{card_path} is not a mura-ens model card ({type(exc).__name__}: {exc})") from None
+    images, paths = _run_parity_images(run_dir, card, image_size, metadata.get("resize_policy", "stretch"))
+    model = load_best_model(best, plugin=card.get("base_plugin") or card.get("plugin"))
+    info = export_model(model, run_dir / MODEL_FILE, metadata=metadata, parity_images=images, quantize=quantize)
+    info["parity_paths"] = paths
+    card["export"] = info
+    card["onnx_max_abs_diff"] = info["onnx_max_abs_diff"]
+    atomic_write_json(card_path, card)
+    return run_dir / MODEL_FILE
+
+
+def _run_parity_images(run_dir: Path, card: dict, image_size: int, resize_policy: str) -> tuple[np.ndarray, list[str]]:
+    if (run_dir / PARITY_BATCH_FILE).exists():
+        images, paths = load_parity_batch(run_dir)
+        if images.shape[1:] == (image_size, image_size, 3) and len(images):
+            return images, paths
+    from .pipeline import load_batch
+
+    paths = card.get("export", {}).get("parity_paths") or []
+    images, used = load_batch(paths, image_size=image_size, resize_policy=resize_policy, limit=len(paths) or 1)
+    if not len(images):
+        raise UsageError(
+            f"{run_dir}: no images for the parity check ({PARITY_BATCH_FILE} missing and the card's image paths unreadable)"
+        )
+    return images, used
+
+
+def load_best_model(path: str | Path, *, plugin: str | None = None):
+    """Load a ``best.keras`` for inference (``compile=False``).
+
+    The run's plugin is imported first (through the registry) so that any
+    custom layers it registers are known; a missing plugin is not an error
+    for models made of stock Keras layers.
+    """
+    from .tf_runtime import import_tensorflow
+
+    _, keras = import_tensorflow()
+    if plugin:
+        from ..errors import PluginError
+        from ..registry import get_plugin
+
+        try:
+            get_plugin(plugin)
+        except PluginError:
+            pass
+    return keras.models.load_model(str(path), compile=False)

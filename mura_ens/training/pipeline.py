@@ -1,0 +1,209 @@
+"""The ``tf.data`` input pipeline: parallel decode + resize with our Pillow loader, augmentation.
+
+Images are decoded and resized by :func:`mura_ens.data.images.load_image`
+(inside ``tf.numpy_function``, ``num_parallel_calls=AUTOTUNE``; Pillow drops
+the GIL while decoding), so training sees exactly the pixels scoring will.
+An image that fails to load never stops training: it is recorded in a
+:class:`LoadFailures` and dropped from the training and validation streams;
+prediction streams keep the row and flag it instead, so outputs stay aligned
+with their manifest rows.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..data.images import ImageError, load_image
+from .tf_runtime import import_tensorflow
+
+#: Largest rotation applied by augmentation, in degrees (either way).
+MAX_ROTATION_DEGREES = 30.0
+
+
+class LoadFailures:
+    """Thread-safe record of images that could not be loaded: path -> status."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._failed: dict[str, str] = {}
+
+    def add(self, path: str, status: str) -> None:
+        with self._lock:
+            self._failed[path] = status
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._failed)
+
+    def as_dict(self) -> dict[str, str]:
+        with self._lock:
+            return dict(sorted(self._failed.items()))
+
+    def by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for status in self.as_dict().values():
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+
+def _numpy_loader(size: int, policy: str, failures: LoadFailures):
+    def load(path_bytes: bytes) -> tuple[np.ndarray, np.bool_]:
+        path = path_bytes.decode("utf-8")
+        try:
+            return load_image(path, size, policy), np.bool_(True)
+        except ImageError as exc:
+            failures.add(path, exc.status)
+        except Exception as exc:  # noqa: BLE001 - a bad image must never crash training
+            failures.add(path, f"unreadable ({type(exc).__name__})")
+        return np.zeros((size, size, 3), dtype=np.uint8), np.bool_(False)
+
+    return load
+
+
+def _load_map(size: int, policy: str, failures: LoadFailures):
+    tf, _ = import_tensorflow()
+    load = _numpy_loader(size, policy, failures)
+
+    def load_tf(path):
+        pixels, ok = tf.numpy_function(load, [path], [tf.uint8, tf.bool], stateful=False)
+        pixels.set_shape((size, size, 3))
+        ok.set_shape(())
+        return tf.cast(pixels, tf.float32), ok
+
+    return load_tf
+
+
+def augment_batch(images):
+    """Random horizontal and vertical flips and a rotation within +-30 degrees, per image.
+
+    ``images``: float32 (N, H, W, 3). Rotation is bilinear about the centre
+    with black fill (the background of a radiograph). Pure TF ops.
+    """
+    tf, _ = import_tensorflow()
+    shape = tf.shape(images)
+    n = shape[0]
+    height = tf.cast(shape[1], tf.float32)
+    width = tf.cast(shape[2], tf.float32)
+    flip_lr = tf.random.uniform([n]) < 0.5
+    images = tf.where(flip_lr[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    flip_ud = tf.random.uniform([n]) < 0.5
+    images = tf.where(flip_ud[:, None, None, None], tf.reverse(images, axis=[1]), images)
+    limit = math.radians(MAX_ROTATION_DEGREES)
+    angles = tf.random.uniform([n], -limit, limit)
+    cos, sin = tf.cos(angles), tf.sin(angles)
+    # Output->input pixel map of a rotation about the image centre (as in tf-addons / Keras RandomRotation).
+    x_offset = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2.0
+    y_offset = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2.0
+    zeros = tf.zeros_like(cos)
+    transforms = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=shape[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+
+
+def training_dataset(
+    frame: pd.DataFrame,
+    weights: np.ndarray,
+    *,
+    image_size: int,
+    resize_policy: str,
+    batch_size: int,
+    failures: LoadFailures,
+    shuffle: bool,
+    augment: bool,
+    seed: int,
+) -> Any:
+    """Batches of ``(images, labels, sample_weights)`` for ``fit`` (training or validation).
+
+    Images that fail to load are filtered out (and recorded in ``failures``).
+    ``shuffle`` reshuffles every epoch; ``augment`` applies
+    :func:`augment_batch` (training only).
+    """
+    tf, _ = import_tensorflow()
+    paths = frame["path"].astype(str).to_numpy(dtype=object).astype(str)
+    labels = pd.to_numeric(frame["label"]).to_numpy(dtype=np.float32).reshape(-1, 1)
+    data = tf.data.Dataset.from_tensor_slices((paths, labels, np.asarray(weights, dtype=np.float32)))
+    if shuffle:
+        data = data.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    load = _load_map(image_size, resize_policy, failures)
+
+    def load_row(path, label, weight):
+        pixels, ok = load(path)
+        return pixels, label, weight, ok
+
+    data = data.map(load_row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    data = data.filter(lambda pixels, label, weight, ok: ok)
+    data = data.map(lambda pixels, label, weight, ok: (pixels, label, weight))
+    data = data.batch(batch_size)
+    if augment:
+        data = data.map(
+            lambda pixels, label, weight: (augment_batch(pixels), label, weight),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
+def prediction_dataset(
+    paths: list[str] | np.ndarray,
+    *,
+    image_size: int,
+    resize_policy: str,
+    batch_size: int,
+    failures: LoadFailures,
+) -> Any:
+    """Batches of ``(images, ok)`` in ``paths`` order; a failed image is all zeros with ``ok`` False."""
+    tf, _ = import_tensorflow()
+    data = tf.data.Dataset.from_tensor_slices(np.asarray(paths, dtype=str))
+    data = data.map(_load_map(image_size, resize_policy, failures), num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict_paths(
+    model,
+    paths: list[str] | np.ndarray,
+    *,
+    image_size: int,
+    resize_policy: str,
+    batch_size: int,
+    failures: LoadFailures | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities for ``paths`` (NaN where the image failed to load) and the ok mask."""
+    failures = failures if failures is not None else LoadFailures()
+    probs: list[np.ndarray] = []
+    oks: list[np.ndarray] = []
+    data = prediction_dataset(paths, image_size=image_size, resize_policy=resize_policy, batch_size=batch_size, failures=failures)
+    for images, ok in data:
+        probs.append(np.asarray(model.predict_on_batch(images), dtype=np.float64).reshape(-1))
+        oks.append(ok.numpy())
+    if not probs:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    prob = np.concatenate(probs)
+    ok = np.concatenate(oks).astype(bool)
+    prob[~ok] = np.nan
+    return prob, ok
+
+
+def load_batch(paths: list[str], *, image_size: int, resize_policy: str, limit: int) -> tuple[np.ndarray, list[str]]:
+    """Up to ``limit`` images that load, as float32 (N, S, S, 3) 0-255, and their paths (no TF)."""
+    images, used = [], []
+    for path in paths:
+        try:
+            images.append(load_image(path, image_size, resize_policy))
+        except ImageError:
+            continue
+        used.append(path)
+        if len(images) >= limit:
+            break
+    if not images:
+        return np.zeros((0, image_size, image_size, 3), dtype=np.float32), []
+    return np.stack(images).astype(np.float32), used

@@ -1,0 +1,122 @@
+"""Importing TensorFlow quietly and choosing the device setup (GPU, mixed precision, XLA).
+
+Everything under ``mura_ens.training`` gets TensorFlow through
+:func:`import_tensorflow`, called inside functions, so that importing the
+package stays cheap and the log noise is gone before the first import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+
+from ..errors import MissingExtraError
+
+_IMPORTED = False
+
+
+def import_tensorflow():
+    """Import and return ``(tensorflow, keras)`` with TF's start-up logs silenced.
+
+    Sets ``TF_CPP_MIN_LOG_LEVEL=3`` unless the user set it. TF 2.21 prints
+    the absl "All log messages before absl::InitializeLog()" and oneDNN/CUDA
+    lines straight to file descriptor 2 while importing, so stderr is pointed
+    at /dev/null around the first import only (``MURA_ENS_DEBUG=1`` keeps it).
+    Raises :class:`MissingExtraError` when the [train] extra is missing.
+    """
+    global _IMPORTED
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if _IMPORTED or "tensorflow" in sys.modules:
+        import keras
+        import tensorflow as tf
+
+        _IMPORTED = True
+        return tf, keras
+    try:
+        with _stderr_silenced(os.environ.get("MURA_ENS_DEBUG", "") in ("", "0")):
+            import tensorflow as tf
+            import keras
+    except ImportError as exc:
+        raise MissingExtraError(f"training and export ({exc.name or exc})", "train") from exc
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="keras.src.trainers.data_adapters")
+    _IMPORTED = True
+    return tf, keras
+
+
+class _stderr_silenced:
+    """Point file descriptor 2 at /dev/null inside the block (C++ logs bypass sys.stderr)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._saved = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:  # no real fd 2 (some embedded interpreters): keep the noise
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None
+        return False
+
+
+def silenced_stderr(enabled: bool = True) -> _stderr_silenced:
+    """Context manager silencing C-level stderr (used around tf2onnx's chatty conversion)."""
+    return _stderr_silenced(enabled and os.environ.get("MURA_ENS_DEBUG", "") in ("", "0"))
+
+
+@dataclass(frozen=True)
+class DeviceSetup:
+    """What training runs on: ``device`` (``"GPU"`` or ``"CPU"``), GPU names, mixed precision and XLA."""
+
+    device: str
+    gpus: tuple[str, ...]
+    mixed_precision: bool
+    xla: bool
+    notes: tuple[str, ...] = ()
+
+
+def device_setup(*, mixed_precision: bool | None = None, xla: bool | None = None) -> DeviceSetup:
+    """Resolve the mixed-precision and XLA switches against the hardware.
+
+    ``None`` means "on when a GPU is present". Both stay off on CPU even
+    when asked for (float16 is slow on CPU and XLA there brings nothing for
+    these models); the returned ``notes`` say so. The global Keras dtype
+    policy is set accordingly (``mixed_float16`` or ``float32``).
+    """
+    tf, keras = import_tensorflow()
+    gpus = tuple(d.name for d in tf.config.list_physical_devices("GPU"))
+    notes = []
+    if gpus:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            try:  # share the GPU politely with other processes
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except (RuntimeError, ValueError):
+                pass  # already initialised
+        mixed = True if mixed_precision is None else bool(mixed_precision)
+        jit = True if xla is None else bool(xla)
+    else:
+        mixed = jit = False
+        if mixed_precision:
+            notes.append("no GPU: mixed precision stays off")
+        if xla:
+            notes.append("no GPU: XLA stays off")
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    return DeviceSetup(device="GPU" if gpus else "CPU", gpus=gpus, mixed_precision=mixed, xla=jit, notes=tuple(notes))

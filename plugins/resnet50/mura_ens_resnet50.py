@@ -1,0 +1,32 @@
+"""mura-ens plugin ``resnet50``: Keras ResNet50 backbone, pooling, optional MLP head, sigmoid.
+
+ImageNet normalisation (``preprocess_input``'s "caffe" mode: RGB to BGR and
+mean subtraction) is inside the model as a frozen 1x1 convolution.
+``trainable_after`` freezes the backbone layers before that index (143 =
+the conv5 stage and later train).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from mura_ens.plugin import Plugin
+
+
+class ResNet50Plugin(Plugin):
+    name = "resnet50"
+    description = "Keras ResNet50, ImageNet (caffe) normalisation, pooling, optional MLP head"
+    defaults = {"trainable_after": 143, "head": "", "dropout": 0.25, "pooling": "avg"}
+    choices = {"pooling": ("avg", "max")}
+    default_input_size = 224
+    default_weights = "imagenet"
+
+    def build(self, config: Mapping[str, Any]):
+        import keras
+
+        from mura_ens.training.backbones import backbone_classifier
+
+        return backbone_classifier(keras.applications.ResNet50, config, normalization="caffe", name="resnet50")
+
+
+plugin = ResNet50Plugin()
