@@ -29,7 +29,7 @@ def test_score_command_writes_the_four_files_and_prints_tables(tree, tiny_models
         assert (tmp_path / name).is_file(), name
     assert f"report: {tmp_path / 'report.html'}" in captured.out
     assert "Study-level metrics, ensemble (body_part)" in captured.out
-    assert "Study-level metrics, spec_hand" in captured.out
+    assert "Study-level metrics, specialists on their own parts" in captured.out
     assert "XR_HAND" in captured.out and "XR_WRIST" in captured.out
     assert "img/s" not in captured.err  # no progress bar when stderr is not a terminal
     metrics = json.loads((tmp_path / "metrics.json").read_text())

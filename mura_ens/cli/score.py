@@ -88,8 +88,20 @@ def print_summary(result, console) -> None:
         print("not scored: " + ", ".join(f"{status} {count}" for status, count in failed.items()))
     if result.metrics is not None:
         console.print(format_metrics_table(result.metrics["study"], title=f"Study-level metrics, ensemble ({result.ensemble})"))
-        for name, levels in result.metrics["models"].items():
-            console.print(format_metrics_table(levels["study"], title=f"Study-level metrics, {name}"))
+        specialists: dict[str, dict] = {}
+        for spec in result.models:
+            levels = result.metrics["models"].get(spec.name)
+            if levels is None:
+                continue
+            if spec.is_generalist:
+                console.print(format_metrics_table(levels["study"], title=f"Study-level metrics, {spec.name}"))
+                continue
+            # A specialist only has rows of its own part(s): one joint table reads better than one each.
+            for part, group in levels["study"].get("by_body_part", {}).items():
+                key = part if part not in specialists else f"{part} {spec.name}"
+                specialists[key] = group
+        if specialists:
+            console.print(format_metrics_table({"by_body_part": specialists}, title="Study-level metrics, specialists on their own parts"))
     else:
         print("no labels in the input: metrics skipped")
     for path in result.paths.values():

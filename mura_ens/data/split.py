@@ -31,7 +31,7 @@ def assign_folds(manifest: pd.DataFrame, *, val_fraction: float = 0.2, seed: int
     """Return a copy of ``manifest`` with a ``fold`` column (``train``, ``val`` or ``test``).
 
     Rows with split ``valid``/``test`` get ``test``; the rest are split into
-    ``train``/``val`` by patient, stratified by study label. Deterministic for
+    ``train``/``val`` by patient, stratified by body part and study label. Deterministic for
     a given ``seed`` and independent of row order.
     """
     if not 0.0 <= val_fraction < 1.0:
@@ -41,7 +41,7 @@ def assign_folds(manifest: pd.DataFrame, *, val_fraction: float = 0.2, seed: int
     is_test = split.isin(TEST_SPLITS).to_numpy()
     fold = np.where(is_test, "test", "train").astype(object)
 
-    pool = out.loc[~is_test, ["study", "patient", "label"]]
+    pool = out.loc[~is_test, ["study", "patient", "body_part", "label"]]
     if len(pool) and val_fraction > 0:
         val_groups = _pick_val_groups(pool, val_fraction, seed)
         group = _group_of(pool)
@@ -58,7 +58,8 @@ def _group_of(rows: pd.DataFrame) -> pd.Series:
 def _pick_val_groups(rows: pd.DataFrame, val_fraction: float, seed: int) -> set[str]:
     studies = pd.DataFrame({"group": _group_of(rows), "study": rows["study"].astype(str)})
     labels = rows["label"].astype("Int64")
-    studies["cls"] = labels.map(lambda v: "unknown" if pd.isna(v) else str(int(v))).astype(str)
+    label_text = labels.map(lambda v: "unknown" if pd.isna(v) else str(int(v))).astype(str)
+    studies["cls"] = rows["body_part"].fillna("").astype(str) + "/" + label_text
     studies = studies.drop_duplicates("study")
     counts = pd.crosstab(studies["group"], studies["cls"])  # groups sorted: order-independent
     classes = list(counts.columns)
