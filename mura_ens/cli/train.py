@@ -18,9 +18,11 @@ def train_command(
     body_part: Optional[str] = typer.Option(None, "--body-part", help="Train on one body part only, e.g. XR_WRIST."),
     epochs: int = typer.Option(100, "--epochs", help="Maximum number of epochs."),
     patience: int = typer.Option(10, "--patience", help="Early stopping patience on val_loss (epochs)."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: int = typer.Option(
+        32, "--batch-size", help="Images per step and replica: a step takes batch-size x replicas images (global batch)."
+    ),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input side in pixels [default: the plugin's, e.g. 256]."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate, used as given whatever the number of replicas."),
     weights: Optional[str] = typer.Option(
         None, "--weights", help="imagenet | none | PATH to a local .h5/.weights.h5 file [default: the plugin's]."
     ),
@@ -37,13 +39,19 @@ def train_command(
         None, "--mixed-precision/--no-mixed-precision", help="float16 compute [default: on with a GPU, off on CPU]."
     ),
     xla: Optional[bool] = typer.Option(None, "--xla/--no-xla", help="XLA compilation [default: on with a GPU, off on CPU]."),
+    strategy: str = typer.Option(
+        "auto", "--strategy",
+        help="auto (several GPUs: mirrored, else one) | one | mirrored (all GPUs of this machine) | "
+        "multiworker (several machines, from TF_CONFIG; only the chief writes the run folder).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines, only the run folders."),
 ) -> None:
     """Train, evaluate on the test split (MURA valid) and export model.onnx; print the run folder(s).
 
     Writes OUT/<run>/{history.tsv, curves.png, best.keras, evaluation.json,
     card.json, model.onnx}. A specialist family (e.g. --plugin specialists)
-    writes one run per body part present in the data.
+    writes one run per body part present in the data. With --strategy
+    multiworker only the chief writes and prints run folders.
     """
     from ..training import train
 
@@ -70,6 +78,7 @@ def train_command(
         xla=xla,
         progress=not quiet,
         resize_policy=resize_policy,
+        strategy=strategy,
     )
     for run in runs:
         typer.echo(str(run))

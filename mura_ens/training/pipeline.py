@@ -122,12 +122,16 @@ def training_dataset(
     shuffle: bool,
     augment: bool,
     seed: int,
+    deterministic: bool | None = None,
 ) -> Any:
     """Batches of ``(images, labels, sample_weights)`` for ``fit`` (training or validation).
 
     Images that fail to load are filtered out (and recorded in ``failures``).
     ``shuffle`` reshuffles every epoch; ``augment`` applies
-    :func:`augment_batch` (training only).
+    :func:`augment_batch` (training only). ``deterministic``: whether the
+    parallel decode keeps the (seeded) order; default: only when not
+    shuffling. Multi-worker training needs it (every worker must see the same
+    stream to shard it by element).
     """
     tf, _ = import_tensorflow()
     paths = frame["path"].astype(str).to_numpy(dtype=object).astype(str)
@@ -141,7 +145,9 @@ def training_dataset(
         pixels, ok = load(path)
         return pixels, label, weight, ok
 
-    data = data.map(load_row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    if deterministic is None:
+        deterministic = not shuffle
+    data = data.map(load_row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=bool(deterministic))
     data = data.filter(lambda pixels, label, weight, ok: ok)
     data = data.map(lambda pixels, label, weight, ok: (pixels, label, weight))
     data = data.batch(batch_size)

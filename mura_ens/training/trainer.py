@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import platform
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,11 +33,19 @@ import pandas as pd
 
 from .. import __version__
 from ..constants import BODY_PARTS
-from ..errors import PluginError, UsageError
+from ..errors import PluginError, RunFailed, UsageError
 from ..io import atomic_write_json
 from ..plugin import GENERALIST, SPECIALIST_FAMILY, WEIGHTS_CHOICES, check_plugin, parse_param_strings, resolve_params
 from .class_weights import class_weight_table, sample_weights
 from .data import TrainingData, fold_counts, limit_images, load_training_data, select_parts
+from .strategy import (
+    KERAS_MULTIWORKER_ISSUE,
+    check_strategy,
+    check_workers_agree,
+    make_strategy,
+    prepare_model,
+    read_tf_config,
+)
 from .export import (
     BEST_FILE,
     CARD_FILE,
@@ -94,6 +104,7 @@ def train(
     xla: bool | None = None,
     progress: bool = True,
     resize_policy: str = "stretch",
+    strategy: str = "auto",
 ) -> list[Path]:
     """Train ``plugin`` on ``data``, evaluate on the test fold, export to ONNX; return the run folders.
 
@@ -115,7 +126,9 @@ def train(
         restored). The learning rate drops by 0.2 after ``max(1, patience // 2)``
         epochs without improvement.
     batch_size, image_size, lr : int, int, float
-        Batch size; square input side (default: the plugin's); Adam's rate.
+        Batch size *per replica* (a step takes ``batch_size x replicas``
+        images); square input side (default: the plugin's); Adam's rate,
+        used as given whatever the number of replicas.
     weights : str or path, optional
         ``"imagenet"``, ``"none"`` or a local ``.h5`` / ``.weights.h5`` file
         (default: the plugin's ``default_weights``).
@@ -139,6 +152,16 @@ def train(
     resize_policy : str
         ``stretch`` (MURA paper) or ``pad``; recorded in the ONNX metadata so
         scoring resizes the same way.
+    strategy : str
+        ``auto`` (several GPUs: ``mirrored``, else ``one``), ``one``,
+        ``mirrored`` or ``multiworker`` (``TF_CONFIG``); see
+        :mod:`mura_ens.training.strategy`. In a multi-worker cluster only the
+        chief writes run folders and returns them; other workers return ``[]``.
+
+    Returns
+    -------
+    list of Path
+        The run folders written.
 
     Raises
     ------
@@ -154,6 +177,10 @@ def train(
         body_part=body_part, epochs=epochs, patience=patience, batch_size=batch_size, image_size=image_size,
         lr=lr, max_images=max_images, val_fraction=val_fraction, resize_policy=resize_policy,
     )
+    strategy = check_strategy(strategy)
+    cluster_task = read_tf_config() if strategy == "multiworker" else None
+    if echo and cluster_task is not None:
+        echo = _prefixed(echo, f"[{cluster_task.label}] ")
     builder, base_name, hyper = _resolve_builder(plugin_obj, base, params)
     image_size = int(image_size or builder.default_input_size)
     weights_value = resolve_weights(weights, default=getattr(builder, "default_weights", "none"))
@@ -168,27 +195,48 @@ def train(
     from .tf_runtime import device_setup
 
     setup = device_setup(mixed_precision=mixed_precision, xla=xla)
+    distribution = make_strategy(strategy, gpus=setup.gpus, task=cluster_task)
     if echo:
-        for note in (*training_data.notes, *setup.notes):
+        for note in (*training_data.notes, *setup.notes, *distribution.notes):
             echo(f"note: {note}")
         echo(
             f"device: {setup.device}{' ' + ','.join(setup.gpus) if setup.gpus else ''}"
             f", mixed precision {'on' if setup.mixed_precision else 'off'}, XLA {'on' if setup.xla else 'off'}"
         )
+        echo(
+            f"strategy: {distribution.name}, {distribution.replicas} replica(s)"
+            + (f" on {distribution.workers} workers" if distribution.workers > 1 else "")
+            + f", global batch {distribution.global_batch_size(batch_size)} ({batch_size} per replica), lr {lr:g}"
+        )
     options = {
         "epochs": epochs, "patience": patience, "batch_size": batch_size, "image_size": image_size, "lr": lr,
         "weights": weights_value, "class_weights": class_weights, "augment": augment, "max_images": max_images,
         "seed": seed, "val_fraction": val_fraction, "resize_policy": resize_policy, "threshold": THRESHOLD,
+        "strategy": strategy,
     }
     runs = []
     for plan in plans:
-        runs.append(
-            _train_one(plan, training_data, Path(out).absolute(), hyper=hyper, options=options, setup=setup, echo=echo,
-                       scan_seconds=scan_seconds)
-        )
+        if distribution.is_chief:
+            runs.append(
+                _train_one(plan, training_data, Path(out).absolute(), hyper=hyper, options=options, setup=setup,
+                           echo=echo, scan_seconds=scan_seconds, distribution=distribution)
+            )
+            continue
+        # A non-chief worker trains in step with the chief but keeps nothing: its callbacks write
+        # (Keras checkpoints must run on every worker) into a scratch folder removed afterwards.
+        with tempfile.TemporaryDirectory(prefix="mura-ens-worker-") as scratch:
+            _train_one(plan, training_data, Path(scratch), hyper=hyper, options=options, setup=setup,
+                       echo=echo, scan_seconds=scan_seconds, distribution=distribution)
     if echo:
-        echo(f"done in {time.perf_counter() - started:.1f} s: {len(runs)} run folder(s)")
+        if distribution.is_chief:
+            echo(f"done in {time.perf_counter() - started:.1f} s: {len(runs)} run folder(s)")
+        else:
+            echo(f"done in {time.perf_counter() - started:.1f} s; the chief writes the run folder(s)")
     return runs
+
+
+def _prefixed(echo: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+    return lambda message: echo(prefix + message)
 
 
 # --------------------------------------------------------------------------- checks and plans
@@ -373,12 +421,13 @@ def _plan_rows(plan: RunPlan, data: TrainingData, *, max_images: int | None, see
     return rows
 
 
-def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, setup, echo, scan_seconds) -> Path:
+def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, setup, echo, scan_seconds,
+               distribution) -> Path | None:
     from .callbacks import BestCheckpoint, EpochLog
     from .export import float32_model, load_best_model
     from .history import plot_curves
     from .keras_metrics import training_metrics
-    from .pipeline import LoadFailures, training_dataset
+    from .pipeline import LoadFailures
     from .tf_runtime import import_tensorflow
 
     _, keras = import_tensorflow()
@@ -396,6 +445,8 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
                 for fold, c in counts.items()
             )
         )
+    check_workers_agree(distribution, _run_fingerprint(plan, rows, options, hyper),
+                        what=f"the images, split or options of {plan.name}")
 
     # Build first: an unusable plugin or offline ImageNet weights fail before any data are decoded.
     keras.backend.clear_session()
@@ -403,16 +454,18 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
     keras.utils.set_random_seed(options["seed"])
     config = {"image_size": options["image_size"], "weights": options["weights"], **hyper}
     tick = time.perf_counter()
-    model = build_model(plan.builder, config, plugin_name=plan.builder_name, log=sys.stderr if echo else None)
+    with distribution.scope():  # variables of the model and the optimizer are mirrored over the replicas
+        model = build_model(plan.builder, config, plugin_name=plan.builder_name, log=sys.stderr if echo else None)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=options["lr"]),
+            loss=keras.losses.BinaryCrossentropy(),
+            metrics=training_metrics(),
+            jit_compile=setup.xla,
+        )
+    prepare_model(model, distribution)
     run_dir = new_run_dir(out, plan.name)
-    if echo:
+    if echo and distribution.is_chief:
         echo(f"run folder: {run_dir}")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=options["lr"]),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=training_metrics(),
-        jit_compile=setup.xla,
-    )
     timings["build"] = round(time.perf_counter() - tick, 3)
 
     table = class_weight_table(train_rows) if options["class_weights"] else {}
@@ -421,10 +474,8 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
     else:
         w_train, w_val = np.ones(len(train_rows), np.float32), np.ones(len(val_rows), np.float32)
     failures = LoadFailures()
-    common = dict(image_size=options["image_size"], resize_policy=options["resize_policy"],
-                  batch_size=options["batch_size"], failures=failures)
-    train_ds = training_dataset(train_rows, w_train, shuffle=True, augment=options["augment"], seed=options["seed"], **common)
-    val_ds = training_dataset(val_rows, w_val, shuffle=False, augment=False, seed=options["seed"], **common)
+    train_ds, val_ds = fit_datasets(train_rows, w_train, val_rows, w_val, options=options,
+                                    distribution=distribution, failures=failures)
 
     def report_failures() -> None:
         if len(failures) and echo:
@@ -446,9 +497,23 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
         # The pipeline filters unreadable images, so Keras cannot know the number of
         # steps in epoch 1 and warns when the data end; that end is expected.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        model.fit(train_ds, validation_data=val_ds, epochs=options["epochs"], verbose=0, callbacks=callbacks,
-                  shuffle=False)  # the tf.data pipeline shuffles
+        try:
+            model.fit(train_ds, validation_data=val_ds, epochs=options["epochs"], verbose=0, callbacks=callbacks,
+                      shuffle=False)  # the tf.data pipeline shuffles
+        except (ValueError, TypeError) as exc:
+            if distribution.name != "multiworker":
+                raise
+            detail = " ".join(str(exc).split())
+            detail = detail if len(detail) <= 160 else detail[:157] + "..."
+            raise RunFailed(
+                f"multiworker training failed inside Keras {keras.__version__} model.fit "
+                f"({type(exc).__name__}: {detail}); Keras 3 with MultiWorkerMirroredStrategy is an upstream "
+                f"problem ({KERAS_MULTIWORKER_ISSUE}): train with --strategy mirrored on one machine instead"
+            ) from exc
     timings["fit"] = round(time.perf_counter() - tick, 3)
+    if not distribution.is_chief:  # the chief evaluates, exports and writes the card
+        keras.backend.clear_session()
+        return None
     notes: list[str] = []
     if not (run_dir / BEST_FILE).exists():  # val_loss never finite: keep the last weights
         notes.append("val_loss was never finite; best.keras holds the last epoch")
@@ -532,6 +597,7 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
             "gpus": list(setup.gpus),
             "mixed_precision": setup.mixed_precision,
             "xla": setup.xla,
+            **distribution.card(per_replica_batch_size=options["batch_size"], learning_rate=options["lr"]),
             "history": history,
         },
         "metrics": {fold: value for fold, value in evaluations.items()},
@@ -544,6 +610,40 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
     atomic_write_json(run_dir / CARD_FILE, card)
     keras.backend.clear_session()
     return run_dir
+
+
+def fit_datasets(train_rows: pd.DataFrame, train_weights, val_rows: pd.DataFrame, val_weights, *,
+                 options: Mapping[str, Any], distribution, failures) -> tuple[Any, Any]:
+    """The training and validation streams ``fit`` reads, for the run's strategy.
+
+    Batches have the global size (``batch_size`` x replicas); ``fit`` splits
+    each over the replicas. In a multi-worker cluster every worker reads the
+    same seeded stream and keeps its share of each batch (``DATA``
+    sharding), so the parallel decode must keep the stream's order: with a
+    free order, workers would see some images twice and others not at all.
+    """
+    from .pipeline import training_dataset
+
+    common = dict(image_size=options["image_size"], resize_policy=options["resize_policy"],
+                  batch_size=distribution.global_batch_size(options["batch_size"]), failures=failures,
+                  deterministic=True if distribution.workers > 1 else None)
+    train_ds = training_dataset(train_rows, train_weights, shuffle=True, augment=options["augment"],
+                                seed=options["seed"], **common)
+    val_ds = training_dataset(val_rows, val_weights, shuffle=False, augment=False, seed=options["seed"], **common)
+    dataset_options = distribution.dataset_options()
+    if dataset_options is not None:
+        train_ds, val_ds = train_ds.with_options(dataset_options), val_ds.with_options(dataset_options)
+    return train_ds, val_ds
+
+
+def _run_fingerprint(plan: RunPlan, rows: pd.DataFrame, options: Mapping[str, Any], hyper: Mapping[str, Any]) -> str:
+    """What every worker of a cluster must agree on: the rows in order (by study key and file name,
+    not by mount point), their labels and folds, the options and the hyper-parameters."""
+    names = rows["path"].map(lambda path: os.path.basename(str(path)))
+    table = pd.DataFrame({"study": rows["study"].astype(str), "name": names, "label": rows["label"].astype(str),
+                          "fold": rows["fold"].astype(str)})
+    return json.dumps({"plan": plan.name, "builder": plan.builder_name, "options": dict(options),
+                       "hyper": dict(hyper), "rows": table.to_csv(index=False)}, sort_keys=True, default=str)
 
 
 def evaluate_fold(model, rows: pd.DataFrame, options: Mapping[str, Any], failures) -> tuple[dict, list[str]]:
