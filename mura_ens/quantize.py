@@ -1,0 +1,543 @@
+"""int8 export: ONNX Runtime static quantization of a run's ``model.onnx`` into ``model.int8.onnx``.
+
+Only ONNX Runtime, onnx, numpy, pandas and Pillow: a user with the scoring
+install can quantize a run folder. The recipe (measured on a 2-core AVX-512
+VNNI CPU, docs in FACTS.md):
+
+- QDQ format, **uint8 activations** (asymmetric, per tensor) and **int8
+  weights** (symmetric, per output channel): the combination ONNX Runtime's
+  VNNI kernels are fastest with; int8 activations were half as fast, dynamic
+  quantization ten times slower.
+- MinMax calibration on images of the run's **training** fold, re-derived
+  from ``card.json`` (data source, split seed, validation fraction, body
+  parts, image cap) and checked against the recorded manifest hash.
+- Before quantizing, :mod:`mura_ens.onnx_rewrite` turns the BatchNorm
+  Mul/Add pairs that tf2onnx leaves after ``Concat`` into 1x1 depthwise
+  convolutions (integer convolutions once quantized), folds the zero
+  ``Pad`` before a ``MaxPool``, pools before DenseNet's pointwise transition
+  convolutions and moves the input normalisation after the NHWC->NCHW
+  transpose, after a parity check against the fp32 model.
+- Stay in float: the per-pixel ops between the image input and the first
+  convolution (normalisation, transpose; as QLinearMul/QLinearAdd they cost
+  ~7% of DenseNet201's int8 time) and the final ``MatMul``/``Gemm`` and
+  ``Sigmoid`` (negligible work, and the one place where rounding moves the
+  probability directly).
+
+:func:`quantize_run` then scores the run's test fold with both models and
+records their agreement (study-level AUC and kappa of each, their
+differences, image probability differences, speed) in ``card.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .errors import ModelError, UsageError
+
+INT8_FILE = "model.int8.onnx"
+FP32_FILE = "model.onnx"
+CARD_FILE = "card.json"
+#: Value of the ``quantization`` metadata prop of every model this module writes.
+QUANTIZATION = "int8-static-qdq"
+#: Images per evaluation batch (as in scoring).
+BATCH_SIZE = 16
+#: Images per calibration batch: the calibration session runs unoptimised, keeping every activation
+#: of the batch (DenseNet201 at 256 px: about 0.7 GB per image), and min/max do not depend on it.
+CALIBRATION_BATCH_SIZE = 4
+#: Node types never quantized: the classifier's logit and its sigmoid.
+FLOAT_OP_TYPES = ("MatMul", "Gemm", "Sigmoid")
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What :func:`quantize_model` wrote and how."""
+
+    path: Path
+    metadata: dict[str, str]
+    calibration_images: int
+    graph_rewrite: dict
+    seconds: float
+    bytes: int
+
+
+class _ImageReader:
+    """A ``CalibrationDataReader``: one batch of images per ``get_next``, as the float32 feed; counts the images."""
+
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]):
+        self.input_name = input_name
+        self._batches = iter(batches)
+        self.count = 0
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        self.count += len(batch)
+        return {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    def rewind(self):  # pragma: no cover - ORT's calibrators read once
+        raise RuntimeError("calibration data can be read once")
+
+
+def _batches(images: np.ndarray | Iterable[np.ndarray], size: int = BATCH_SIZE) -> Iterator[np.ndarray]:
+    """Batches of at most ``size`` images from an array (N, S, S, 3) or an iterable of such arrays/images."""
+    if isinstance(images, np.ndarray):
+        for start in range(0, len(images), size):
+            yield images[start : start + size]
+        return
+    pending: list[np.ndarray] = []
+    for item in images:
+        item = np.asarray(item)
+        pending.extend(item if item.ndim == 4 else [item])
+        while len(pending) >= size:
+            yield np.stack(pending[:size])
+            pending = pending[size:]
+    if pending:
+        yield np.stack(pending)
+
+
+def quantize_model(
+    fp32_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    calibration: np.ndarray | Iterable[np.ndarray],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    rewrite: bool = True,
+) -> QuantizeResult:
+    """Statically quantize the fp32 model at ``fp32_path`` into ``int8_path`` (written atomically).
+
+    Parameters
+    ----------
+    fp32_path, int8_path
+        The float model and where to write the QDQ int8 model.
+    calibration
+        uint8-range images (N, S, S, 3), as one array or an iterable of
+        arrays or single images; consumed once.
+    metadata
+        ``metadata_props`` of the result; default: those of the fp32 model.
+        ``quantization`` (= :data:`QUANTIZATION`) and ``calibration_images``
+        are added.
+    rewrite
+        Apply :func:`mura_ens.onnx_rewrite.rewrite_for_inference` first (with
+        its parity check on the first calibration batch).
+
+    Raises
+    ------
+    ModelError
+        The fp32 model cannot be read, the rewrite fails its parity check,
+        or there are no calibration images.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    from .io import atomic_write_bytes
+    from .onnx_rewrite import REWRITE_TOLERANCE, check_rewrite_parity, rewrite_for_inference
+
+    start = time.perf_counter()
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    try:
+        model = onnx.load(str(fp32_path))
+    except Exception as exc:  # noqa: BLE001 - protobuf/IO errors of a bad file
+        raise ModelError(f"{fp32_path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    props = dict(metadata) if metadata is not None else {p.key: p.value for p in model.metadata_props}
+    initializers = {t.name for t in model.graph.initializer}
+    input_name = next(i.name for i in model.graph.input if i.name not in initializers)
+
+    batches = _batches(calibration, CALIBRATION_BATCH_SIZE)
+    first = next(batches, None)
+    if first is None or not len(first):
+        raise ModelError(f"{fp32_path}: no calibration images")
+    rewrite_info: dict = {"applied": False}
+    if rewrite:
+        rewritten, summary = rewrite_for_inference(model)
+        if summary.changed:
+            sample = first.astype(np.float32)  # the first calibration batch
+            summary.parity_images = len(sample)
+            summary.max_abs_diff = check_rewrite_parity(model, rewritten, sample)
+            if not summary.max_abs_diff <= REWRITE_TOLERANCE:
+                raise ModelError(
+                    f"{fp32_path}: graph rewrite changes outputs by {summary.max_abs_diff:.3g} > "
+                    f"{REWRITE_TOLERANCE:g}; quantize with rewrite=False"
+                )
+            model = rewritten
+        rewrite_info = {"applied": summary.changed, **summary.as_dict()}
+
+    def all_batches():
+        yield first
+        yield from batches
+
+    with tempfile.TemporaryDirectory(prefix="mura-ens-int8-") as tmp:
+        source, prepared, quantized = Path(tmp, "fp32.onnx"), Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
+        onnx.save(model, str(source))
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        prepared_model = onnx.load(str(prepared))
+        if _name_nodes(prepared_model):  # nodes_to_exclude matches by name: "" would match every unnamed node
+            onnx.save(prepared_model, str(prepared))
+        keep_float = [n.name for n in prepared_model.graph.node if n.op_type in FLOAT_OP_TYPES]
+        keep_float += _input_chain(prepared_model)
+        del prepared_model
+        reader = _ImageReader(input_name, all_batches())
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=False,  # VNNI accumulates 8-bit products without saturation
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        result = onnx.load(str(quantized))
+    props["quantization"] = QUANTIZATION
+    props["calibration_images"] = str(reader.count)
+    del result.metadata_props[:]
+    for key, value in props.items():
+        entry = result.metadata_props.add()
+        entry.key, entry.value = str(key), str(value)
+    result.doc_string = (
+        "mura-ens model, int8 (QDQ, uint8 activations, int8 per-channel weights): "
+        "float32 (N, H, W, 3) RGB pixels in 0-255 -> (N, 1) probability of abnormality"
+    )
+    data = result.SerializeToString()
+    atomic_write_bytes(int8_path, data)
+    return QuantizeResult(
+        path=int8_path,
+        metadata=props,
+        calibration_images=reader.count,
+        graph_rewrite=rewrite_info,
+        seconds=round(time.perf_counter() - start, 3),
+        bytes=len(data),
+    )
+
+
+#: Cheap per-pixel ops that may sit between the image input and the first convolution.
+_INPUT_CHAIN_OPS = ("Mul", "Add", "Sub", "Div", "Transpose", "Cast")
+
+
+def _input_chain(model) -> list[str]:
+    """Names of the per-pixel ops from the image input up to the first other op (normalisation, layout).
+
+    Kept in float: as int8 ops (QLinearMul/QLinearAdd on every input pixel)
+    they cost several times their float time, and the first convolution
+    quantizes their output anyway.
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input if i.name not in initializers}
+    produced_by_chain = set(graph_inputs)
+    chain = []
+    for node in model.graph.node:  # topological order
+        data = [i for i in node.input if i and i not in initializers]
+        if node.op_type in _INPUT_CHAIN_OPS and data and all(i in produced_by_chain for i in data):
+            chain.append(node.name)
+            produced_by_chain.update(node.output)
+    return chain
+
+
+def _name_nodes(model) -> int:
+    """Give every unnamed node a unique name; return how many were named."""
+    taken = {node.name for node in model.graph.node if node.name}
+    named = 0
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+            named += 1
+    return named
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def run_folds(card: Mapping, *, data: str | os.PathLike | None = None):
+    """The run's labelled manifest rows with their ``fold`` (train / val / test), as training saw them.
+
+    Re-derived from ``card.json``: the data source (or ``data`` when the
+    data moved), the split seed and validation fraction
+    (:func:`mura_ens.data.split.assign_folds`), the body parts the model
+    serves and the ``max_images`` cap, exactly as ``mura-ens train`` applied
+    them. The manifest hash must match the card's, so calibration never
+    silently runs on other data.
+    """
+    from .training.data import limit_images, load_training_data, select_parts  # numpy/pandas only, no TensorFlow
+
+    info = card.get("data") or {}
+    config = card.get("config") or {}
+    source = data if data is not None else info.get("source")
+    if not source or source == "<DataFrame>":
+        raise UsageError(
+            "card.json does not say where the training data are (trained from an in-memory manifest?); "
+            "pass the data source explicitly (data=PATH)"
+        )
+    if not Path(source).exists():
+        raise UsageError(f"training data not found: {source} (moved? pass data=PATH)")
+    try:
+        seed = int(info.get("split_seed", config.get("seed", 0)))
+        val_fraction = float(info.get("val_fraction", config.get("val_fraction", 0.2)))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"card.json has an unreadable split seed or validation fraction ({exc})") from None
+    training = load_training_data(source, val_fraction=val_fraction, seed=seed)
+    recorded = info.get("manifest_sha256")
+    if recorded and recorded != training.manifest_sha256:
+        raise UsageError(
+            f"the data at {source} are not the ones this model was trained on "
+            f"(manifest sha256 {training.manifest_sha256[:12]}... != card's {str(recorded)[:12]}...)"
+        )
+    rows = select_parts(training.frame, tuple(card.get("body_parts") or ()))
+    max_images = config.get("max_images")
+    return limit_images(rows, int(max_images) if max_images else None, seed=int(config.get("seed", seed)))
+
+
+def calibration_sample(
+    paths: Sequence[str], count: int, *, image_size: int, resize_policy: str, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
+    """Up to ``count`` images of ``paths`` in a seeded random order, decoded and resized (uint8), and their paths.
+
+    Images that fail to load are skipped (the next one in the order is taken).
+    """
+    from .data.images import ImageError, load_image
+
+    if count < 1:
+        raise UsageError(f"calibration images must be >= 1, got {count}")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    images: list[np.ndarray] = []
+    used: list[str] = []
+    for index in order:
+        try:
+            images.append(load_image(paths[index], image_size, resize_policy))
+        except ImageError:
+            continue
+        used.append(str(paths[index]))
+        if len(images) == count:
+            break
+    if not images:
+        return np.zeros((0, image_size, image_size, 3), np.uint8), []
+    return np.stack(images), used
+
+
+def _group_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
+    import warnings
+
+    from .metrics import binary_metrics
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one class -> auc None, reported as such
+        result = binary_metrics(labels, probs, threshold=threshold, n_bootstrap=0)
+    return {key: result[key] for key in ("n", "n_positive", "auc", "kappa", "accuracy", "sensitivity", "specificity")}
+
+
+def _difference(a, b):
+    return None if a is None or b is None else float(a - b)
+
+
+def int8_agreement(
+    fp32_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    rows,
+    *,
+    image_size: int,
+    resize_policy: str = "stretch",
+    threshold: float = 0.5,
+    batch_size: int = BATCH_SIZE,
+) -> dict:
+    """How the int8 model agrees with the fp32 one on ``rows`` (path, study, label): metrics and differences.
+
+    Both models score the same decoded pixels, with the session options
+    scoring uses. Returns image-level probability differences (max, mean),
+    study-level (mean of image probabilities, as in the MURA paper) AUC,
+    kappa and accuracy of each model and their differences (int8 minus
+    fp32), the share of studies whose prediction agrees, and each model's
+    images/s on these images.
+    """
+    import onnxruntime as ort
+    import pandas as pd
+
+    from .data.images import ImageError, load_image
+    from .scoring.sessions import SessionConfig, session_options
+
+    sessions = {}
+    for key, path in (("fp32", fp32_path), ("int8", int8_path)):
+        session = ort.InferenceSession(str(path), session_options(SessionConfig()), providers=["CPUExecutionProvider"])
+        sessions[key] = (session, session.get_inputs()[0].name)
+    paths = rows["path"].astype(str).tolist()
+    probs = {key: np.full(len(paths), np.nan) for key in sessions}
+    seconds = {key: 0.0 for key in sessions}
+    failed = 0
+    for start in range(0, len(paths), batch_size):
+        images, slots = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                images.append(load_image(paths[i], image_size, resize_policy))
+                slots.append(i)
+            except ImageError:
+                failed += 1
+        if not images:
+            continue
+        batch = np.stack(images).astype(np.float32)
+        for key, (session, input_name) in sessions.items():
+            tick = time.perf_counter()
+            output = session.run(None, {input_name: batch})[0]
+            seconds[key] += time.perf_counter() - tick
+            probs[key][slots] = np.asarray(output, dtype=np.float64).reshape(len(slots), -1)[:, 0]
+    ok = np.isfinite(probs["fp32"])
+    n_ok = int(ok.sum())
+    if not n_ok:
+        raise UsageError("no evaluation image could be loaded: cannot measure int8 agreement")
+    image_diff = np.abs(probs["int8"][ok] - probs["fp32"][ok])
+    frame = pd.DataFrame(
+        {
+            "study": rows["study"].astype(str).to_numpy()[ok],
+            "label": pd.to_numeric(rows["label"]).to_numpy(dtype=np.float64, na_value=np.nan)[ok],
+            "fp32": probs["fp32"][ok],
+            "int8": probs["int8"][ok],
+        }
+    )
+    studies = frame.groupby("study", sort=False).agg(label=("label", "first"), fp32=("fp32", "mean"), int8=("int8", "mean"))
+    labelled = studies.loc[studies["label"].notna()]
+    labels = labelled["label"].to_numpy(dtype=np.int64)
+    study = {key: _group_metrics(labels, labelled[key].to_numpy(), threshold) for key in ("fp32", "int8")}
+    image_labelled = frame.loc[frame["label"].notna()]
+    image = {
+        key: _group_metrics(image_labelled["label"].to_numpy(dtype=np.int64), image_labelled[key].to_numpy(), threshold)
+        for key in ("fp32", "int8")
+    }
+    same_prediction = (studies["fp32"] > threshold) == (studies["int8"] > threshold)
+    rate = {key: (n_ok / seconds[key] if seconds[key] > 0 else None) for key in sessions}
+    return {
+        "n_images": n_ok,
+        "n_images_not_loaded": failed,
+        "n_studies": int(len(studies)),
+        "threshold": float(threshold),
+        "study": study,
+        "image": image,
+        "study_auc_diff": _difference(study["int8"]["auc"], study["fp32"]["auc"]),
+        "study_kappa_diff": _difference(study["int8"]["kappa"], study["fp32"]["kappa"]),
+        "study_prediction_agreement": float(same_prediction.mean()),
+        "image_max_abs_prob_diff": float(image_diff.max()),
+        "image_mean_abs_prob_diff": float(image_diff.mean()),
+        "study_max_abs_prob_diff": float(np.abs(studies["int8"] - studies["fp32"]).max()),
+        "fp32_images_per_s": rate["fp32"],
+        "int8_images_per_s": rate["int8"],
+        "speedup": (rate["int8"] / rate["fp32"]) if rate["fp32"] and rate["int8"] else None,
+        "batch_size": int(batch_size),
+    }
+
+
+def quantize_run(
+    run_dir: str | os.PathLike,
+    *,
+    calibration_images: int = 200,
+    seed: int = 0,
+    data: str | os.PathLike | None = None,
+    rewrite: bool = True,
+    evaluate: bool = True,
+) -> Path:
+    """Write ``RUN_DIR/model.int8.onnx`` from ``RUN_DIR/model.onnx`` and record it in ``card.json``.
+
+    Calibration uses ``calibration_images`` images of the run's training
+    fold (:func:`run_folds`), drawn with ``seed``. The int8 model carries
+    the fp32 model's metadata plus ``quantization`` and
+    ``calibration_images``. With ``evaluate`` (the default), both models
+    score the run's test fold (the validation fold when there is no test
+    fold) and the agreement goes into the card's ``int8`` section
+    (:func:`int8_agreement`). ``data`` replaces the data source recorded in
+    the card (same data, moved). Returns the path of the int8 model.
+
+    Raises :class:`~mura_ens.errors.UsageError` for a folder that is not a
+    run folder, data that cannot be found or differ from the training data,
+    or no loadable training image.
+    """
+    from datetime import datetime, timezone
+    from importlib import metadata as importlib_metadata
+
+    from .io import atomic_write_json
+
+    run_dir = Path(run_dir)
+    card_path, fp32_path = run_dir / CARD_FILE, run_dir / FP32_FILE
+    for needed in (run_dir, card_path, fp32_path):
+        if not needed.exists():
+            raise UsageError(f"not a mura-ens run folder: {needed} is missing")
+    if calibration_images < 1:
+        raise UsageError(f"--calibration-images must be >= 1, got {calibration_images}")
+    card = _read_card(card_path)
+    from .scoring.models import load_model_spec
+
+    spec = load_model_spec(fp32_path)
+    rows = run_folds(card, data=data)
+    train_paths = rows.loc[rows["fold"] == "train", "path"].astype(str).tolist()
+    if not train_paths:
+        raise UsageError(f"{run_dir}: the run's training fold is empty; nothing to calibrate on")
+    images, used = calibration_sample(
+        train_paths, calibration_images, image_size=spec.input_size, resize_policy=spec.resize_policy, seed=seed
+    )
+    if not len(images):
+        raise UsageError(f"{run_dir}: none of the {len(train_paths)} training images could be loaded for calibration")
+    result = quantize_model(fp32_path, run_dir / INT8_FILE, images, rewrite=rewrite)
+    section = {
+        "path": INT8_FILE,
+        "quantization": QUANTIZATION,
+        "format": "QDQ",
+        "activations": "uint8, asymmetric, per tensor",
+        "weights": "int8, symmetric, per output channel",
+        "float_ops": list(FLOAT_OP_TYPES),
+        "bytes": result.bytes,
+        "calibration": {
+            "method": "MinMax",
+            "fold": "train",
+            "images": result.calibration_images,
+            "requested": int(calibration_images),
+            "seed": int(seed),
+            "source": str(data) if data is not None else (card.get("data") or {}).get("source"),
+        },
+        "graph_rewrite": result.graph_rewrite,
+        "seconds": result.seconds,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {pkg: _version(importlib_metadata, pkg) for pkg in ("onnxruntime", "onnx")},
+    }
+    if evaluate:
+        fold = "test" if (rows["fold"] == "test").any() else "val"
+        section["agreement"] = {
+            "fold": fold,
+            **int8_agreement(
+                fp32_path,
+                run_dir / INT8_FILE,
+                rows.loc[rows["fold"] == fold],
+                image_size=spec.input_size,
+                resize_policy=spec.resize_policy,
+                threshold=spec.threshold,
+            ),
+        }
+    card = _read_card(card_path)  # re-read: keep anything written meanwhile
+    card["int8"] = section
+    atomic_write_json(card_path, card)
+    return run_dir / INT8_FILE
+
+
+def _read_card(path: Path) -> dict:
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable model card ({type(exc).__name__}: {exc})") from None
+    if not isinstance(card, dict):
+        raise UsageError(f"{path} is not a model card (a JSON object)")
+    return card
+
+
+def _version(importlib_metadata, package: str) -> str | None:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return None
