@@ -97,8 +97,6 @@ def test_parity_failure_writes_nothing(tmp_path):
     with pytest.raises(ParityError, match=r"fails the parity check: max \|p_onnx - p_keras\|"):
         export_model(model, tmp_path / "m.onnx", metadata=meta, parity_images=images, tolerance=-1.0)
     assert not (tmp_path / "m.onnx").exists()
-    with pytest.raises(UsageError, match="quantization 'int8' is not available yet"):
-        export_model(model, tmp_path / "m.onnx", metadata=meta, parity_images=images, quantize="int8")
     info = export_model(model, tmp_path / "m.onnx", metadata=meta, parity_images=images)
     assert info["onnx_max_abs_diff"] <= 1e-4 and info["opset"] == 17 and (tmp_path / "m.onnx").is_file()
     assert read_onnx_metadata(tmp_path / "m.onnx")["body_parts"] == ""

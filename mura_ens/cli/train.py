@@ -35,6 +35,10 @@ def train_command(
     base: Optional[str] = typer.Option(None, "--base", help="Base plugin of a specialist family [default: custom_cnn]."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name [default: the plugin name, plus the body part]."),
     resize_policy: str = typer.Option("stretch", "--resize-policy", help="stretch (as the MURA paper) or pad."),
+    cache: Optional[Path] = typer.Option(
+        None, "--cache", metavar="DIR",
+        help="Store decoded, resized images in DIR (memory-mapped) so later epochs and runs skip PNG decoding.",
+    ),
     mixed_precision: Optional[bool] = typer.Option(
         None, "--mixed-precision/--no-mixed-precision", help="float16 compute [default: on with a GPU, off on CPU]."
     ),
@@ -79,6 +83,7 @@ def train_command(
         progress=not quiet,
         resize_policy=resize_policy,
         strategy=strategy,
+        cache=cache,
     )
     for run in runs:
         typer.echo(str(run))

@@ -19,11 +19,9 @@ Export fails (:class:`ParityError`, nothing written) when ONNX Runtime and
 Keras disagree on a real batch of data images by more than
 :data:`PARITY_TOLERANCE` in probability.
 
-Quantization hook: ``quantize`` is accepted by :func:`export_model` and
-:func:`export_run` but no mode exists yet (:data:`QUANTIZATION_MODES`). The
-int8 issue adds static ORT quantization as a step after the fp32 parity
-check, writing ``model.int8.onnx`` with a ``quantization`` metadata prop and
-calibrating on training images.
+int8 models are made from the exported ``model.onnx`` by
+:func:`mura_ens.quantize.quantize_run` (ONNX Runtime only, no TensorFlow);
+``mura-ens export RUN_DIR --quantize int8`` runs it.
 """
 
 from __future__ import annotations
@@ -47,8 +45,6 @@ CARD_FILE = "card.json"
 BEST_FILE = "best.keras"
 #: A few real, preprocessed data images kept in the run folder so ``export_run`` can re-check parity.
 PARITY_BATCH_FILE = "parity_batch.npz"
-#: Quantization modes :func:`export_model` knows; the int8 issue adds ``"int8"``.
-QUANTIZATION_MODES: tuple[str, ...] = ()
 
 
 class ParityError(ModelError):
@@ -189,7 +185,6 @@ def export_model(
     parity_images: np.ndarray,
     opset: int = OPSET,
     tolerance: float = PARITY_TOLERANCE,
-    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Convert ``model`` to ONNX at ``path`` after checking parity with Keras on ``parity_images``.
 
@@ -199,8 +194,6 @@ def export_model(
     :class:`ParityError` (and writes nothing) when the largest absolute
     probability difference exceeds ``tolerance``.
     """
-    if quantize is not None:
-        raise UsageError(f"quantization {quantize!r} is not available yet (known: {', '.join(QUANTIZATION_MODES) or 'none'})")
     images = np.asarray(parity_images, dtype=np.float32)
     if images.ndim != 4 or images.shape[0] < 1 or images.shape[-1] != 3:
         raise ModelError(f"parity check needs a batch of (N, S, S, 3) images, got shape {images.shape}")
@@ -250,7 +243,7 @@ def load_parity_batch(run_dir: str | Path) -> tuple[np.ndarray, list[str]]:
         return data["images"].astype(np.float32), [str(p) for p in data["paths"]]
 
 
-def export_run(run_dir: str | Path, *, quantize: str | None = None) -> Path:
+def export_run(run_dir: str | Path) -> Path:
     """Re-export ``RUN_DIR/best.keras`` to ``RUN_DIR/model.onnx``; update ``card.json``. Returns the ONNX path.
 
     Metadata come from the card; parity is checked on the run's saved batch
@@ -271,7 +264,7 @@ def export_run(run_dir: str | Path, *, quantize: str | None = None) -> Path:
         raise UsageError(f"{card_path} is not a mura-ens model card ({type(exc).__name__}: {exc})") from None
     images, paths = _run_parity_images(run_dir, card, image_size, metadata.get("resize_policy", "stretch"))
     model = load_best_model(best, plugin=card.get("base_plugin") or card.get("plugin"))
-    info = export_model(model, run_dir / MODEL_FILE, metadata=metadata, parity_images=images, quantize=quantize)
+    info = export_model(model, run_dir / MODEL_FILE, metadata=metadata, parity_images=images)
     info["parity_paths"] = paths
     card["export"] = info
     card["onnx_max_abs_diff"] = info["onnx_max_abs_diff"]

@@ -65,9 +65,10 @@ def _numpy_loader(size: int, policy: str, failures: LoadFailures):
     return load
 
 
-def _load_map(size: int, policy: str, failures: LoadFailures):
+def _load_map(size: int, policy: str, failures: LoadFailures, cache=None):
     tf, _ = import_tensorflow()
-    load = _numpy_loader(size, policy, failures)
+    # With a decoded-image cache (mura_ens.training.cache.ImageCache), epochs after the first read pixels from it.
+    load = cache.numpy_loader(failures) if cache is not None else _numpy_loader(size, policy, failures)
 
     def load_tf(path):
         pixels, ok = tf.numpy_function(load, [path], [tf.uint8, tf.bool], stateful=False)
@@ -123,6 +124,7 @@ def training_dataset(
     augment: bool,
     seed: int,
     deterministic: bool | None = None,
+    cache=None,
 ) -> Any:
     """Batches of ``(images, labels, sample_weights)`` for ``fit`` (training or validation).
 
@@ -131,7 +133,9 @@ def training_dataset(
     :func:`augment_batch` (training only). ``deterministic``: whether the
     parallel decode keeps the (seeded) order; default: only when not
     shuffling. Multi-worker training needs it (every worker must see the same
-    stream to shard it by element).
+    stream to shard it by element). ``cache``: an
+    :class:`~mura_ens.training.cache.ImageCache` holding these paths at this
+    size and policy; decoded pixels are then stored once and reused.
     """
     tf, _ = import_tensorflow()
     paths = frame["path"].astype(str).to_numpy(dtype=object).astype(str)
@@ -139,7 +143,7 @@ def training_dataset(
     data = tf.data.Dataset.from_tensor_slices((paths, labels, np.asarray(weights, dtype=np.float32)))
     if shuffle:
         data = data.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    load = _load_map(image_size, resize_policy, failures)
+    load = _load_map(image_size, resize_policy, failures, cache)
 
     def load_row(path, label, weight):
         pixels, ok = load(path)

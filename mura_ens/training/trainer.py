@@ -105,6 +105,7 @@ def train(
     progress: bool = True,
     resize_policy: str = "stretch",
     strategy: str = "auto",
+    cache: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Train ``plugin`` on ``data``, evaluate on the test fold, export to ONNX; return the run folders.
 
@@ -157,6 +158,11 @@ def train(
         ``mirrored`` or ``multiworker`` (``TF_CONFIG``); see
         :mod:`mura_ens.training.strategy`. In a multi-worker cluster only the
         chief writes run folders and returns them; other workers return ``[]``.
+    cache : path, optional
+        Folder of a decoded-image cache (:mod:`mura_ens.training.cache`):
+        the first epoch stores each resized image there (memory-mapped uint8),
+        later epochs and later runs on the same files read pixels instead of
+        decoding PNGs.
 
     Returns
     -------
@@ -212,7 +218,7 @@ def train(
         "epochs": epochs, "patience": patience, "batch_size": batch_size, "image_size": image_size, "lr": lr,
         "weights": weights_value, "class_weights": class_weights, "augment": augment, "max_images": max_images,
         "seed": seed, "val_fraction": val_fraction, "resize_policy": resize_policy, "threshold": THRESHOLD,
-        "strategy": strategy,
+        "strategy": strategy, "cache": str(cache) if cache else None,
     }
     runs = []
     for plan in plans:
@@ -624,9 +630,16 @@ def fit_datasets(train_rows: pd.DataFrame, train_weights, val_rows: pd.DataFrame
     """
     from .pipeline import training_dataset
 
+    cache = None
+    if options.get("cache"):
+        from .cache import ImageCache
+
+        paths = list(dict.fromkeys([*train_rows["path"].astype(str), *val_rows["path"].astype(str)]))
+        cache = ImageCache.open(options["cache"], paths, image_size=options["image_size"],
+                                resize_policy=options["resize_policy"])
     common = dict(image_size=options["image_size"], resize_policy=options["resize_policy"],
                   batch_size=distribution.global_batch_size(options["batch_size"]), failures=failures,
-                  deterministic=True if distribution.workers > 1 else None)
+                  deterministic=True if distribution.workers > 1 else None, cache=cache)
     train_ds = training_dataset(train_rows, train_weights, shuffle=True, augment=options["augment"],
                                 seed=options["seed"], **common)
     val_ds = training_dataset(val_rows, val_weights, shuffle=False, augment=False, seed=options["seed"], **common)
