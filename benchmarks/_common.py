@@ -248,9 +248,13 @@ def tiny_cnn_onnx(path: str | os.PathLike, *, input_size: int = 256, seed: int =
         helper.make_node("Mul", ["image", "scale"], ["a"], name="norm/mul"),
         helper.make_node("Add", ["a", "shift"], ["b"], name="norm/add"),
         helper.make_node("Transpose", ["b"], ["c"], perm=[0, 3, 1, 2], name="to_nchw"),
-        helper.make_node("Conv", ["c", "w1"], ["d"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node(
+            "Conv", ["c", "w1"], ["d"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="conv1"
+        ),
         helper.make_node("Relu", ["d"], ["e"], name="relu1"),
-        helper.make_node("Conv", ["e", "w2"], ["g"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node(
+            "Conv", ["e", "w2"], ["g"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="conv2"
+        ),
         helper.make_node("Relu", ["g"], ["h"], name="relu2"),
         helper.make_node("GlobalAveragePool", ["h"], ["i"], name="gap"),
         helper.make_node("Flatten", ["i"], ["j"], name="flatten"),
@@ -268,8 +272,15 @@ def tiny_cnn_onnx(path: str | os.PathLike, *, input_size: int = 256, seed: int =
     model.ir_version = 8
     helper.set_model_props(
         model,
-        {"plugin": "tiny_cnn", "model_name": "tiny_cnn", "body_parts": "", "input_size": str(input_size),
-         "resize_policy": "stretch", "threshold": "0.5", "mura_ens_version": "bench"},
+        {
+            "plugin": "tiny_cnn",
+            "model_name": "tiny_cnn",
+            "body_parts": "",
+            "input_size": str(input_size),
+            "resize_policy": "stretch",
+            "threshold": "0.5",
+            "mura_ens_version": "bench",
+        },
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +299,9 @@ def work_dir(args: argparse.Namespace, name: str) -> Path:
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke test, not a measurement")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes and few repeats: a smoke test, not a measurement"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="repeats per figure (median reported)")
     parser.add_argument("--work", default=None, help="working folder (default: a folder in the system temp dir)")
     return parser

@@ -61,8 +61,16 @@ def make_dataset(frame, *, size: int, batch_size: int, cache=None, augment: bool
     from mura_ens.training import pipeline
 
     return pipeline.training_dataset(
-        frame, np.ones(len(frame), np.float32), image_size=size, resize_policy="stretch", batch_size=batch_size,
-        failures=pipeline.LoadFailures(), shuffle=True, augment=augment, seed=0, cache=cache,
+        frame,
+        np.ones(len(frame), np.float32),
+        image_size=size,
+        resize_policy="stretch",
+        batch_size=batch_size,
+        failures=pipeline.LoadFailures(),
+        shuffle=True,
+        augment=augment,
+        seed=0,
+        cache=cache,
     )
 
 
@@ -104,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     frame = frame.assign(label=pd.array(frame["label"].fillna(0).astype(int), dtype="Int64"))
     paths = frame["path"].astype(str).tolist()
     cpus = usable_cpus()
-    note(f"{len(paths)} PNGs (512 px) -> {size} px, batch {args.batch_size}, {cpus} usable CPUs, "
-         f"TF {tf.__version__}")
+    note(f"{len(paths)} PNGs (512 px) -> {size} px, batch {args.batch_size}, {cpus} usable CPUs, TF {tf.__version__}")
 
     def pillow() -> float:
         start = time.perf_counter()
@@ -120,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     fresh = cache.n_cached == 0
     cached_dataset = make_dataset(frame, size=size, batch_size=args.batch_size, cache=cache)
     epoch1 = epoch_rate(cached_dataset, len(paths))  # fills the cache (unless --cache held it already)
-    note(f"cache {cache.folder}: {cache.n_cached} images stored"
-         + ("" if fresh else " (entry existed: epoch 1 read it too)"))
+    note(
+        f"cache {cache.folder}: {cache.n_cached} images stored"
+        + ("" if fresh else " (entry existed: epoch 1 read it too)")
+    )
     plain_dataset = make_dataset(frame, size=size, batch_size=args.batch_size)
     plain_noaug = make_dataset(frame, size=size, batch_size=args.batch_size, augment=False)
     cached_noaug = make_dataset(frame, size=size, batch_size=args.batch_size, cache=cache, augment=False)

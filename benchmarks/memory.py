@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=None, help="images in the small run (default 1000)")
     parser.add_argument("--large", type=int, default=None, help="images in the large run (default 8000)")
-    parser.add_argument("--distinct", type=int, default=None, help="distinct rendered images behind the links (default 400)")
+    parser.add_argument(
+        "--distinct", type=int, default=None, help="distinct rendered images behind the links (default 400)"
+    )
     parser.add_argument("--model", default=None, help="ONNX model to score with (default: a small CNN at 256 px)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
@@ -60,8 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     cli = mura_ens_command()
 
     def command(n: int) -> list[str]:
-        return [*cli, "score", str(folders[n]), "--model", str(model), "--out", str(work / f"out{n}"),
-                "--batch-size", str(args.batch_size), "--no-progress"]
+        return [
+            *cli,
+            "score",
+            str(folders[n]),
+            "--model",
+            str(model),
+            "--out",
+            str(work / f"out{n}"),
+            "--batch-size",
+            str(args.batch_size),
+            "--no-progress",
+        ]
 
     note(f"command: {' '.join(command(large))}")
     runs: dict[int, list[tuple[float, int]]] = {small: [], large: []}
@@ -71,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             wall, rss, _ = run_measured(command(n))
             runs[n].append((wall, rss))
             return rss
+
         return run
 
     alternate({f"{small}": measure(small), f"{large}": measure(large)}, repeats)

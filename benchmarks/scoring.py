@@ -87,7 +87,9 @@ def load_images(paths, size: int, policy: str = "stretch"):
     return np.stack([load_image(p, size, policy) for p in paths])
 
 
-def build_and_export(name: str, size: int, folder: Path, parity_images, calibration_images) -> tuple[object, Path, Path]:
+def build_and_export(
+    name: str, size: int, folder: Path, parity_images, calibration_images
+) -> tuple[object, Path, Path]:
     """The Keras model of plugin ``name``, its ONNX export (project exporter) and its int8 model."""
     from mura_ens.plugin import resolve_params
     from mura_ens.quantize import quantize_model
@@ -103,7 +105,9 @@ def build_and_export(name: str, size: int, folder: Path, parity_images, calibrat
     metadata = onnx_metadata(plugin=name, model_name=name, body_parts=[], input_size=size, resize_policy="stretch")
     tick = time.perf_counter()
     info = export_model(model, fp32, metadata=metadata, parity_images=parity_images.astype("float32"))
-    note(f"{name}: exported in {time.perf_counter() - tick:.1f} s, ONNX vs Keras max |diff| {info['onnx_max_abs_diff']:.2g}")
+    note(
+        f"{name}: exported in {time.perf_counter() - tick:.1f} s, ONNX vs Keras max |diff| {info['onnx_max_abs_diff']:.2g}"
+    )
     int8 = folder / name / "model.int8.onnx"
     q = quantize_model(fp32, int8, calibration_images)
     note(f"{name}: int8 in {q.seconds:.1f} s ({q.calibration_images} calibration images, rewrite {q.graph_rewrite})")
@@ -124,7 +128,9 @@ def raw_measures(model, fp32: Path, int8: Path, tensors, *, min_seconds: float) 
     tf, _ = import_tensorflow()
     batch = tensors.astype("float32")
     n = len(batch)
-    config = SessionConfig(providers=("CPUExecutionProvider",), intra_op_threads=default_intra_op_threads(default_workers()))
+    config = SessionConfig(
+        providers=("CPUExecutionProvider",), intra_op_threads=default_intra_op_threads(default_workers())
+    )
     sessions = {}
     for key, path in (("fp32", fp32), ("int8", int8)):
         spec = load_model_spec(path)
@@ -142,7 +148,12 @@ def raw_measures(model, fp32: Path, int8: Path, tensors, *, min_seconds: float) 
         session, input_name = sessions[key]
         return lambda: session.run(None, {input_name: batch})
 
-    runs = {"keras_predict": keras_predict, "keras_function": keras_function, "ort_fp32": ort("fp32"), "ort_int8": ort("int8")}
+    runs = {
+        "keras_predict": keras_predict,
+        "keras_function": keras_function,
+        "ort_fp32": ort("fp32"),
+        "ort_int8": ort("int8"),
+    }
     for run in runs.values():  # warm-up: tracing, arenas, first-call allocations
         run()
     return {key: (lambda r=run: rate(r, n, min_seconds=min_seconds)) for key, run in runs.items()}
@@ -155,8 +166,18 @@ def e2e_measures(name: str, fp32: Path, int8: Path, folders: dict[int, Path], wo
 
     def command(path: Path, key: str, n: int) -> list[str]:
         out = work / "e2e-out" / f"{name}-{key}-{n}"
-        return [*cli, "score", str(folders[n]), "--model", str(path), "--out", str(out), "--batch-size", str(batch_size),
-                "--no-progress"]
+        return [
+            *cli,
+            "score",
+            str(folders[n]),
+            "--model",
+            str(path),
+            "--out",
+            str(out),
+            "--batch-size",
+            str(batch_size),
+            "--no-progress",
+        ]
 
     note(f"{name}: e2e command: {' '.join(command(fp32, 'fp32', large))}")
     return {
@@ -166,8 +187,19 @@ def e2e_measures(name: str, fp32: Path, int8: Path, folders: dict[int, Path], wo
     }
 
 
-def measure_model(name: str, model, fp32: Path, int8: Path, tensors, folders: dict[int, Path] | None, work: Path, *,
-                  repeats: int, min_seconds: float, batch_size: int) -> tuple[dict, dict | None]:
+def measure_model(
+    name: str,
+    model,
+    fp32: Path,
+    int8: Path,
+    tensors,
+    folders: dict[int, Path] | None,
+    work: Path,
+    *,
+    repeats: int,
+    min_seconds: float,
+    batch_size: int,
+) -> tuple[dict, dict | None]:
     """Raw and end-to-end figures of one model, every measure alternated with every other in the same rounds.
 
     End to end, each round scores a small and a large folder with each
@@ -194,12 +226,16 @@ def measure_model(name: str, model, fp32: Path, int8: Path, tensors, folders: di
     e2e: dict = {"images": large}
     for key in ("fp32", "int8"):
         pairs = list(zip(values[f"e2e_{key}_{small}"], values[f"e2e_{key}_{large}"]))
-        streaming = [(large - small) / (t_large - t_small) if t_large > t_small else float("nan") for t_small, t_large in pairs]
+        streaming = [
+            (large - small) / (t_large - t_small) if t_large > t_small else float("nan") for t_small, t_large in pairs
+        ]
         e2e[key] = median(streaming)
         e2e[f"{key}_process"] = median([large / t_large for _, t_large in pairs])
         e2e[f"{key}_fixed"] = median([t_large - large / r for (_, t_large), r in zip(pairs, streaming)])
-        note(f"{name}: e2e {key} seconds per round: {small} images {[round(t, 1) for t, _ in pairs]}, "
-             f"{large} images {[round(t, 1) for _, t in pairs]}")
+        note(
+            f"{name}: e2e {key} seconds per round: {small} images {[round(t, 1) for t, _ in pairs]}, "
+            f"{large} images {[round(t, 1) for _, t in pairs]}"
+        )
     return raw, e2e
 
 
@@ -213,8 +249,11 @@ def report_model(name: str, raw: dict, e2e: dict | None) -> dict:
     if e2e:
         for key in ("fp32", "int8"):
             result(f"e2e_{key}_img_s[{name}]", e2e[key], "images/s, mura-ens score streaming rate")
-            result(f"e2e_{key}_process_img_s[{name}]", e2e[f"{key}_process"],
-                   f"images/s, whole mura-ens score process on {e2e['images']} images")
+            result(
+                f"e2e_{key}_process_img_s[{name}]",
+                e2e[f"{key}_process"],
+                f"images/s, whole mura-ens score process on {e2e['images']} images",
+            )
             result(f"e2e_{key}_fixed_s[{name}]", e2e[f"{key}_fixed"], "s, start-up + model load, once per process")
         ratios["e2e_fp32_vs_raw_fp32"] = safe_ratio(e2e["fp32"], raw["ort_fp32"])
         ratios["e2e_int8_vs_raw_int8"] = safe_ratio(e2e["int8"], raw["ort_int8"])
@@ -252,9 +291,29 @@ def train_and_quantize(work: Path, *, quick: bool, plugin: str) -> dict:
     runs = work / "runs" / plugin
     shutil.rmtree(runs, ignore_errors=True)
     params, epochs = TRAINING.get(plugin, ([], 5))
-    command = [*mura_ens_command(), "train", "--plugin", plugin, "--data", str(root), "--out", str(runs),
-               "--epochs", "1" if quick else str(epochs), "--patience", "15", "--image-size", "64",
-               "--batch-size", "16", "--weights", "none", "--seed", "0", *params]
+    command = [
+        *mura_ens_command(),
+        "train",
+        "--plugin",
+        plugin,
+        "--data",
+        str(root),
+        "--out",
+        str(runs),
+        "--epochs",
+        "1" if quick else str(epochs),
+        "--patience",
+        "15",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "16",
+        "--weights",
+        "none",
+        "--seed",
+        "0",
+        *params,
+    ]
     note(f"int8 accuracy: {' '.join(command)}")
     tick = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -287,14 +346,20 @@ def report_accuracy(plugin: str, agreement: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--models", default=None,
-                        help="comma list of plugins (default densenet201,resnet50,custom_cnn); none: only the accuracy check")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="comma list of plugins (default densenet201,resnet50,custom_cnn); none: only the accuracy check",
+    )
     parser.add_argument("--image-size", type=int, default=None, help="model input side (default 256)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--e2e-images", type=int, default=None, help="PNGs scored end to end (default 640)")
     parser.add_argument("--min-seconds", type=float, default=None, help="minimum time per raw measurement (default 2)")
-    parser.add_argument("--accuracy-plugin", default="custom_cnn",
-                        help="comma list of plugins trained (64 px) for the int8 accuracy check; densenet201 adds ~6 min")
+    parser.add_argument(
+        "--accuracy-plugin",
+        default="custom_cnn",
+        help="comma list of plugins trained (64 px) for the int8 accuracy check; densenet201 adds ~6 min",
+    )
     parser.add_argument("--skip-accuracy", action="store_true", help="no training / int8 accuracy check")
     parser.add_argument("--skip-e2e", action="store_true", help="no end-to-end runs")
     args = parser.parse_args(argv)
@@ -321,8 +386,18 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = work / "models"
     for name in models:
         model, fp32, int8 = build_and_export(name, size, models_dir, tensors[:4], calibration)
-        raw, e2e = measure_model(name, model, fp32, int8, tensors, None if args.skip_e2e else folders, work,
-                                 repeats=repeats, min_seconds=min_seconds, batch_size=args.batch_size)
+        raw, e2e = measure_model(
+            name,
+            model,
+            fp32,
+            int8,
+            tensors,
+            None if args.skip_e2e else folders,
+            work,
+            repeats=repeats,
+            min_seconds=min_seconds,
+            batch_size=args.batch_size,
+        )
         del model
         keras.backend.clear_session()
         gc.collect()

@@ -107,9 +107,15 @@ def run_demo(
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    say(f"[1/4] synthetic MURA: {settings.studies_per_part} studies per body part, {settings.image_size} px -> {out / 'data'}")
+    say(
+        f"[1/4] synthetic MURA: {settings.studies_per_part} studies per body part, {settings.image_size} px -> {out / 'data'}"
+    )
     make_synthetic_mura(
-        out / "data", studies_per_part=settings.studies_per_part, size=max(64, settings.image_size), seed=seed, quirks=True
+        out / "data",
+        studies_per_part=settings.studies_per_part,
+        size=max(64, settings.image_size),
+        seed=seed,
+        quirks=True,
     )
     data = out / "data" / "MURA-v1.1"
     seconds["synth"] = time.perf_counter() - t0
@@ -125,16 +131,28 @@ def run_demo(
     t0 = time.perf_counter()
     say("[2/4] training custom_cnn (generalist), evaluating, exporting to ONNX")
     runs = train(
-        "custom_cnn", data, runs_dir, epochs=settings.epochs, patience=settings.patience,
-        params=list(settings.generalist_params), name="custom_cnn", **common,
+        "custom_cnn",
+        data,
+        runs_dir,
+        epochs=settings.epochs,
+        patience=settings.patience,
+        params=list(settings.generalist_params),
+        name="custom_cnn",
+        **common,
     )
     seconds["train_generalist"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say("[3/4] training specialists (one custom_cnn per body part), exporting each")
     runs += train(
-        "specialists", data, runs_dir, base="custom_cnn", epochs=settings.specialist_epochs,
-        patience=settings.patience, params=list(settings.specialist_params), **common,
+        "specialists",
+        data,
+        runs_dir,
+        base="custom_cnn",
+        epochs=settings.specialist_epochs,
+        patience=settings.patience,
+        params=list(settings.specialist_params),
+        **common,
     )
     seconds["train_specialists"] = time.perf_counter() - t0
 

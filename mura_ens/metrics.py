@@ -241,9 +241,7 @@ def binary_metrics(
     y_prob = np.asarray(y_prob, dtype=np.float64)
     name = group or "all rows"
     if y_true.ndim != 1 or y_prob.ndim != 1 or y_true.shape != y_prob.shape:
-        raise ValueError(
-            f"y_true and y_prob must be 1-d of equal length, got shapes {y_true.shape} and {y_prob.shape}"
-        )
+        raise ValueError(f"y_true and y_prob must be 1-d of equal length, got shapes {y_true.shape} and {y_prob.shape}")
     if not 0.0 <= ci < 1.0:
         raise ValueError(f"ci must be in [0, 1), got {ci!r}")
     if not np.all(np.isfinite(y_prob)):
@@ -292,9 +290,7 @@ def binary_metrics(
     else:
         result["auc"] = float(roc_auc_score(y_true, y_prob))
 
-    intervals = bootstrap_intervals(
-        y_true, y_prob, threshold=threshold, n_bootstrap=n_bootstrap, ci=ci, seed=seed
-    )
+    intervals = bootstrap_intervals(y_true, y_prob, threshold=threshold, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
     if result["kappa"] is not None:
         result["kappa_ci"] = intervals["kappa_ci"]
     if not one_class:
@@ -307,7 +303,9 @@ def binary_metrics(
 # --------------------------------------------------------------------------
 
 
-def study_probabilities(images: pd.DataFrame, *, prob_cols: Iterable[str] = ("prob",), study_col: str = "study") -> pd.DataFrame:
+def study_probabilities(
+    images: pd.DataFrame, *, prob_cols: Iterable[str] = ("prob",), study_col: str = "study"
+) -> pd.DataFrame:
     """Aggregate image rows to study rows: study probability = mean of image probabilities.
 
     NaN probabilities (images that could not be scored) are ignored; a study

@@ -69,7 +69,10 @@ class RewriteSummary:
     def changed(self) -> bool:
         """True when at least one node was rewritten."""
         return bool(
-            self.affine_to_depthwise or self.pad_into_maxpool or self.pool_before_pointwise_conv or self.transpose_hoisted
+            self.affine_to_depthwise
+            or self.pad_into_maxpool
+            or self.pool_before_pointwise_conv
+            or self.transpose_hoisted
         )
 
     def as_dict(self) -> dict:

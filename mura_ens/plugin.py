@@ -169,7 +169,9 @@ def resolve_params(plugin: Any, overrides: Mapping[str, Any] | None = None) -> d
     for key, allowed in choices.items():
         if key in params and params[key] not in allowed:
             shown = ", ".join(map(str, allowed))
-            raise PluginError(f"bad value {params[key]!r} for parameter {key!r} of plugin {name}; expected one of {shown}")
+            raise PluginError(
+                f"bad value {params[key]!r} for parameter {key!r} of plugin {name}; expected one of {shown}"
+            )
     return params
 
 

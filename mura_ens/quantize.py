@@ -405,7 +405,9 @@ def int8_agreement(
             "int8": probs["int8"][ok],
         }
     )
-    studies = frame.groupby("study", sort=False).agg(label=("label", "first"), fp32=("fp32", "mean"), int8=("int8", "mean"))
+    studies = frame.groupby("study", sort=False).agg(
+        label=("label", "first"), fp32=("fp32", "mean"), int8=("int8", "mean")
+    )
     labelled = studies.loc[studies["label"].notna()]
     labels = labelled["label"].to_numpy(dtype=np.int64)
     study = {key: _group_metrics(labels, labelled[key].to_numpy(), threshold) for key in ("fp32", "int8")}

@@ -187,7 +187,7 @@ def render_report(
     sections.append(_provenance_section(models, provenance))
     body = "\n".join(s for s in sections if s)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
@@ -217,7 +217,7 @@ def _header(title, studies, images, failed, threshold, provenance, model_names) 
         facts.append(("Ensemble", str(provenance["ensemble"])))
     facts.append(("Threshold", f"abnormal when probability > {threshold:g}"))
     grid = "".join(f"<div>{_e(k)}</div><div>{_e(v)}</div>" for k, v in facts)
-    return f"<header><h1>{_e(title)}</h1><div class=\"header-grid\">{grid}</div></header>"
+    return f'<header><h1>{_e(title)}</h1><div class="header-grid">{grid}</div></header>'
 
 
 def _predictions_summary(studies, images, threshold, has_labels) -> str:
@@ -322,9 +322,7 @@ def _roc_figure(labelled: pd.DataFrame, model_names: list[str]) -> str:
     all_parts = set(parts.tolist())
     # A specialist's probabilities cover only its body part: in the overall
     # panel its curve would describe that part, so it is drawn per part only.
-    covers_all = {
-        col: set(parts[np.isfinite(_numeric(labelled, col))].tolist()) == all_parts for _, col in lines
-    }
+    covers_all = {col: set(parts[np.isfinite(_numeric(labelled, col))].tolist()) == all_parts for _, col in lines}
     for ax, panel in zip(axes.flat, panels):
         mask = np.ones(len(labelled), bool) if panel == "overall" else parts == panel
         ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls="--")
@@ -360,7 +358,7 @@ def _roc_figure(labelled: pd.DataFrame, model_names: list[str]) -> str:
         else:
             n = int(mask.sum())
             ax.text(0.5, 0.5, f"AUC n/a\n(one class, n={n})", ha="center", va="center", fontsize=8, color="0.3")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -392,21 +390,19 @@ def _confusion_section(labelled: pd.DataFrame, threshold: float) -> str:
         yp, pp = y[m], pred[m]
         counts = [int(np.sum((yp == a) & (pp == b))) for a, b in ((1, 1), (0, 1), (1, 0), (0, 0))]
         rows.append([part, *(f"{c:,}" for c in counts), f"{int(m.sum()):,}"])
-    per_part = _table(
-        ["body part", "TP", "FP", "FN", "TN", "n"], rows, caption="per body part", numeric_from=1
-    )
+    per_part = _table(["body part", "TP", "FP", "FN", "TN", "n"], rows, caption="per body part", numeric_from=1)
     return (
         '<h2 id="confusion">Confusion matrix (ensemble, study level)</h2>'
-        f'<p class="note">Rows: label; columns: prediction (probability &gt; {threshold:g}).</p>'
-        + matrix
-        + per_part
+        f'<p class="note">Rows: label; columns: prediction (probability &gt; {threshold:g}).</p>' + matrix + per_part
     )
 
 
 def _failed_section(failed: pd.DataFrame) -> str:
     if failed is None or len(failed) == 0:
         return '<h2 id="failed">Inputs not scored</h2><p class="note">None: every input was scored.</p>'
-    status = failed["status"].astype("string").fillna("") if "status" in failed.columns else pd.Series([""] * len(failed))
+    status = (
+        failed["status"].astype("string").fillna("") if "status" in failed.columns else pd.Series([""] * len(failed))
+    )
     counts = status.value_counts()
     summary = ", ".join(f"{_e(s or 'unknown')}: {int(c):,}" for s, c in counts.items())
     columns = [c for c in ("path", "study", "status", "error") if c in failed.columns]
@@ -415,7 +411,11 @@ def _failed_section(failed: pd.DataFrame) -> str:
     for record in shown[columns].itertuples(index=False):
         cells = []
         for col, value in zip(columns, record):
-            text = "" if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA else str(value)
+            text = (
+                ""
+                if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+                else str(value)
+            )
             cls = ' class="path"' if col in ("path", "study") else ""
             cells.append(f"<td{cls}>{_e(text)}</td>")
         rows_html.append("<tr>" + "".join(cells) + "</tr>")
@@ -440,19 +440,23 @@ def _provenance_section(models: Sequence[Mapping[str, Any]], provenance: Mapping
                 value = m.get(key, meta.get(key, ""))
                 return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
-            overview.append([
-                str(m.get("name", "")),
-                str(field("plugin")),
-                str(field("body_parts") or "all (generalist)"),
-                str(field("input_size")),
-                str(field("resize_policy")),
-                str(field("threshold")),
-                str(field("quantization") or "fp32"),
-                str(field("sha256"))[:12],
-            ])
-        out.append(_table(
-            ["model", "plugin", "body parts", "input size", "resize", "threshold", "precision", "sha256"], overview
-        ))
+            overview.append(
+                [
+                    str(m.get("name", "")),
+                    str(field("plugin")),
+                    str(field("body_parts") or "all (generalist)"),
+                    str(field("input_size")),
+                    str(field("resize_policy")),
+                    str(field("threshold")),
+                    str(field("quantization") or "fp32"),
+                    str(field("sha256"))[:12],
+                ]
+            )
+        out.append(
+            _table(
+                ["model", "plugin", "body parts", "input size", "resize", "threshold", "precision", "sha256"], overview
+            )
+        )
         for m in models:
             out.append(_model_details(m))
     if provenance:
@@ -481,7 +485,7 @@ def _model_details(model: Mapping[str, Any]) -> str:
             text = json.dumps(value, indent=1, sort_keys=False, default=str)
             if len(text) > MAX_CARD_JSON_CHARS:
                 text = text[:MAX_CARD_JSON_CHARS] + "\n… (cut; see card.json)"
-            parts.append(f"<div class=\"muted\">card.json: <code>{_e(key)}</code></div><pre>{_e(text)}</pre>")
+            parts.append(f'<div class="muted">card.json: <code>{_e(key)}</code></div><pre>{_e(text)}</pre>')
     elif model.get("card_error"):
         parts.append(f'<p class="note">card.json unreadable: {_e(model["card_error"])}</p>')
     else:
@@ -531,7 +535,7 @@ def _is_ok(images: pd.DataFrame) -> pd.Series:
 def _model_names(models: Sequence[Mapping[str, Any]], studies: pd.DataFrame) -> list[str]:
     names = [str(m["name"]) for m in models if m.get("name")]
     if not names:
-        names = [c[len("prob__"):] for c in studies.columns if str(c).startswith("prob__")]
+        names = [c[len("prob__") :] for c in studies.columns if str(c).startswith("prob__")]
     return list(dict.fromkeys(names))
 
 

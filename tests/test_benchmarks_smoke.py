@@ -21,9 +21,7 @@ LINE = re.compile(r"^(RESULT|RATIO) (\S+) (\S+)(  # .*)?$")
 
 
 def run_script(name: str, *args: str, timeout: int = 120) -> dict[str, float]:
-    done = subprocess.run(
-        [sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=timeout
-    )
+    done = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     figures: dict[str, float] = {}
     for line in done.stdout.splitlines():
@@ -69,7 +67,9 @@ def test_memory_quick(tmp_path):
 
 @pytest.mark.parametrize("name", ["scoring", "input_pipeline"])
 def test_tensorflow_benchmarks_import_and_answer_help(name):
-    done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and "--quick" in done.stdout
     module = load(name)
     assert callable(module.main)
@@ -78,8 +78,15 @@ def test_tensorflow_benchmarks_import_and_answer_help(name):
 def test_scoring_report_lines(capsys):
     scoring = load("scoring")
     raw = {"keras_predict": 10.0, "keras_function": 20.0, "keras": 20.0, "ort_fp32": 30.0, "ort_int8": 60.0}
-    e2e = {"fp32": 27.0, "int8": 55.0, "fp32_process": 20.0, "int8_process": 40.0, "fp32_fixed": 3.0,
-           "int8_fixed": 2.5, "images": 640}
+    e2e = {
+        "fp32": 27.0,
+        "int8": 55.0,
+        "fp32_process": 20.0,
+        "int8_process": 40.0,
+        "fp32_fixed": 3.0,
+        "int8_fixed": 2.5,
+        "images": 640,
+    }
     ratios = scoring.report_model("densenet201", raw, e2e)
     out = capsys.readouterr().out
     assert ratios["ort_fp32_vs_keras"] == pytest.approx(1.5) and ratios["e2e_fp32_vs_raw_fp32"] == pytest.approx(0.9)

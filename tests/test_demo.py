@@ -60,7 +60,9 @@ def test_demo_scores_valid_split_with_body_part_ensemble(demo):
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    proc = subprocess.run([MURA_ENS, "demo", "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [MURA_ENS, "demo", "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "not made by 'mura-ens demo'" in proc.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"

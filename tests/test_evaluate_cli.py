@@ -110,8 +110,13 @@ def test_evaluate_studies_csv_with_failed_studies_and_other_prob_column(tmp_path
     studies = (
         images[images["status"] == "ok"]
         .groupby("study", sort=False)
-        .agg(patient=("patient", "first"), body_part=("body_part", "first"), n_images=("path", "size"),
-             label=("label", "first"), prob=("prob", "mean"))
+        .agg(
+            patient=("patient", "first"),
+            body_part=("body_part", "first"),
+            n_images=("path", "size"),
+            label=("label", "first"),
+            prob=("prob", "mean"),
+        )
         .reset_index()
     )
     studies["prob__m1"] = studies["prob"].round(1)  # ties
@@ -176,7 +181,10 @@ def test_console_script_runs_and_command_module_imports_light(tmp_path):
     env = {**os.environ, "COLUMNS": "120"}
     done = subprocess.run(
         [*command, "evaluate", str(csv), "--out", str(tmp_path / "m.json"), "--bootstrap", "50"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "overall" in done.stdout and json.loads((tmp_path / "m.json").read_text())["study"]["overall"]["n"] > 0

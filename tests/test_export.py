@@ -33,8 +33,18 @@ TINY = {"cells": 2, "starting_filters": 4}
 def run_dir(synth_small, tmp_path_factory):
     """A finished custom_cnn run (32 px, one epoch on at most 16 images per fold)."""
     out = tmp_path_factory.mktemp("export_runs")
-    (run,) = train("custom_cnn", synth_small["root"], out, epochs=1, batch_size=8, max_images=16, image_size=32,
-                   params=TINY, progress=False, body_part="XR_WRIST")
+    (run,) = train(
+        "custom_cnn",
+        synth_small["root"],
+        out,
+        epochs=1,
+        batch_size=8,
+        max_images=16,
+        image_size=32,
+        params=TINY,
+        progress=False,
+        body_part="XR_WRIST",
+    )
     return run
 
 
@@ -116,8 +126,9 @@ def test_mixed_precision_model_exports_in_float32(tmp_path):
         np.testing.assert_array_equal(a, b)
     images = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(plain.predict_on_batch(images), mixed.predict_on_batch(images), atol=2e-2)
-    meta = onnx_metadata(plugin="custom_cnn", model_name="mixed", body_parts=["XR_HAND"], input_size=32,
-                         resize_policy="pad")
+    meta = onnx_metadata(
+        plugin="custom_cnn", model_name="mixed", body_parts=["XR_HAND"], input_size=32, resize_policy="pad"
+    )
     info = export_model(mixed, tmp_path / "mixed.onnx", metadata=meta, parity_images=images)
     assert info["onnx_max_abs_diff"] <= 1e-4
     assert read_onnx_metadata(tmp_path / "mixed.onnx")["resize_policy"] == "pad"

@@ -118,19 +118,23 @@ def test_missing_columns(tmp_path):
 
 
 def test_each_kind_of_bad_row_names_its_row(tmp_path):
-    text = HEADER + "\n".join(
-        [
-            "a.png,s1,p1,XR_HAND,1,train",  # row 2: fine
-            "b.png,s2,p2,XR_HAND,x,train",  # row 3: bad label
-            "c.png,s3,p3,XR_KNEE,0,train",  # row 4: unknown body part
-            "a.png,s4,p4,XR_HAND,0,train",  # row 5: duplicate of row 2
-            "d.png,s5,p5,XR_HAND,0,holdout",  # row 6: bad split
-            ",s6,p6,XR_HAND,0,",  # row 7: empty path
-            "e.png,,p7,XR_HAND,0,",  # row 8: empty study
-            "f.png,s1,p1,XR_HAND,0,train",  # row 9: s1 now has labels 1 and 0
-            "g.png,s9,p9,XR_HAND,2,train",  # row 10: bad label
-        ]
-    ) + "\n"
+    text = (
+        HEADER
+        + "\n".join(
+            [
+                "a.png,s1,p1,XR_HAND,1,train",  # row 2: fine
+                "b.png,s2,p2,XR_HAND,x,train",  # row 3: bad label
+                "c.png,s3,p3,XR_KNEE,0,train",  # row 4: unknown body part
+                "a.png,s4,p4,XR_HAND,0,train",  # row 5: duplicate of row 2
+                "d.png,s5,p5,XR_HAND,0,holdout",  # row 6: bad split
+                ",s6,p6,XR_HAND,0,",  # row 7: empty path
+                "e.png,,p7,XR_HAND,0,",  # row 8: empty study
+                "f.png,s1,p1,XR_HAND,0,train",  # row 9: s1 now has labels 1 and 0
+                "g.png,s9,p9,XR_HAND,2,train",  # row 10: bad label
+            ]
+        )
+        + "\n"
+    )
     problems = _problems(tmp_path, text)
     assert problems == [
         "row 3: label 'x' is not 0, 1 or empty",

@@ -294,7 +294,9 @@ def test_evaluate_predictions_on_image_rows_gives_both_levels():
     ok = images.drop(index=4)
     studies = ok.groupby("study").agg(label=("label", "first"), prob=("prob", "mean"))
     assert result["study"]["overall"]["n"] == 30
-    assert result["study"]["overall"]["auc"] == pytest.approx(roc_auc_score(studies["label"], studies["prob"]), abs=1e-9)
+    assert result["study"]["overall"]["auc"] == pytest.approx(
+        roc_auc_score(studies["label"], studies["prob"]), abs=1e-9
+    )
     assert result["image"]["overall"]["auc"] == pytest.approx(roc_auc_score(ok["label"], ok["prob"]), abs=1e-9)
 
 

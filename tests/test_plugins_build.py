@@ -31,8 +31,19 @@ tf, keras = import_tensorflow()
 
 def one_step(plugin: str, data, out: Path, **kwargs) -> Path:
     """Train ``plugin`` for exactly one step (8 images, batch 8, 1 epoch) at 64 px."""
-    runs = train(plugin, data, out, epochs=1, batch_size=8, max_images=8, image_size=64, weights="none",
-                 augment=False, progress=False, **kwargs)
+    runs = train(
+        plugin,
+        data,
+        out,
+        epochs=1,
+        batch_size=8,
+        max_images=8,
+        image_size=64,
+        weights="none",
+        augment=False,
+        progress=False,
+        **kwargs,
+    )
     assert len(runs) == 1
     return runs[0]
 
@@ -90,8 +101,15 @@ def test_backbone_freezing_head_and_pooling():
 
 def test_custom_cnn_layers_follow_the_params():
     plugin = get_plugin("custom_cnn")
-    config = {"image_size": 64, "weights": None, **plugin.defaults, "cells": 3, "convs_per_cell": 2,
-              "starting_filters": 4, "pooling": "avg"}
+    config = {
+        "image_size": 64,
+        "weights": None,
+        **plugin.defaults,
+        "cells": 3,
+        "convs_per_cell": 2,
+        "starting_filters": 4,
+        "pooling": "avg",
+    }
     model = build_model(plugin, config)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [4, 4, 8, 8, 16, 16]
@@ -121,7 +139,9 @@ def test_imagenet_download_failure_becomes_one_line(monkeypatch):
     import keras.src.applications.densenet as densenet_module
 
     def offline(*args, **kwargs):
-        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] Temporary failure")
+        raise Exception(
+            "URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] Temporary failure"
+        )
 
     monkeypatch.setattr(densenet_module.file_utils, "get_file", offline)
     plugin = get_plugin("densenet201")
@@ -136,15 +156,38 @@ def test_weights_imagenet_offline_cli_exit_2(synth_small, tmp_path):
     """A real download attempt through an unreachable proxy: fails fast, one line, exit 2, no run folder."""
     env = dict(os.environ)
     env.update(
-        HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
-        HTTP_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9",
-        NO_PROXY="", no_proxy="", KERAS_HOME=str(tmp_path / "keras_home"),
+        HTTPS_PROXY="http://127.0.0.1:9",
+        https_proxy="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+        http_proxy="http://127.0.0.1:9",
+        NO_PROXY="",
+        no_proxy="",
+        KERAS_HOME=str(tmp_path / "keras_home"),
     )
     out = tmp_path / "runs"
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "mura-ens"), "train", "--plugin", "resnet50", "--data", synth_small["root"],
-         "--out", str(out), "--weights", "imagenet", "--image-size", "32", "--epochs", "1", "--quiet"],
-        capture_output=True, text=True, timeout=180, env=env, check=False,
+        [
+            str(Path(sys.executable).parent / "mura-ens"),
+            "train",
+            "--plugin",
+            "resnet50",
+            "--data",
+            synth_small["root"],
+            "--out",
+            str(out),
+            "--weights",
+            "imagenet",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
     )
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -179,9 +179,7 @@ def test_quantize_model_writes_qdq_int8_close_to_fp32(tmp_path):
     assert meta == {**METADATA, "quantization": QUANTIZATION, "calibration_images": "24"}
     ops = op_counts(model)
     assert ops.get("QuantizeLinear", 0) >= 3 and ops.get("DequantizeLinear", 0) >= 6
-    weights = [
-        numpy_helper.to_array(t) for t in model.graph.initializer if numpy_helper.to_array(t).dtype == np.int8
-    ]
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if numpy_helper.to_array(t).dtype == np.int8]
     assert any(w.ndim == 4 for w in weights)  # conv weights stored as int8
     from mura_ens.onnx_rewrite import model_outputs
 
@@ -288,8 +286,19 @@ def test_quantize_run_writes_int8_and_records_agreement(run_dir, synth_small, tm
     from mura_ens.cli.main import main
 
     out = tmp_path / "scored"
-    code = main(["score", synth_small["root"], "--models", str(run_dir), "--precision", "int8", "--out", str(out),
-                 "--no-progress"])
+    code = main(
+        [
+            "score",
+            synth_small["root"],
+            "--models",
+            str(run_dir),
+            "--precision",
+            "int8",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     scored = pd.read_csv(out / "images.csv")
     ok = scored.loc[scored["status"] == "ok"]
@@ -338,14 +347,24 @@ def test_average_pool_moves_before_a_pointwise_conv():
         helper.make_node("AveragePool", ["c3"], ["y"], kernel_shape=[2, 2], pads=[1, 1, 1, 1]),  # padded: kept
     ]
     graph = helper.make_graph(
-        nodes, "pools", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, None, None])], initializer=inits,
+        nodes,
+        "pools",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, None, None])],
+        initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     rewritten, summary = rewrite_for_inference(model)
     assert summary.pool_before_pointwise_conv == 1
-    assert [n.op_type for n in rewritten.graph.node] == ["AveragePool", "Conv", "Conv", "AveragePool", "Conv", "AveragePool"]
+    assert [n.op_type for n in rewritten.graph.node] == [
+        "AveragePool",
+        "Conv",
+        "Conv",
+        "AveragePool",
+        "Conv",
+        "AveragePool",
+    ]
     x = rng.normal(0, 1, (2, 8, 16, 16)).astype(f)
     from mura_ens.onnx_rewrite import model_outputs
 

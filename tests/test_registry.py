@@ -192,21 +192,47 @@ def test_train_with_unknown_plugin_is_one_line_exit_2(capsys, tmp_path):
 
 
 def test_train_with_bad_param_is_one_line_exit_2(capsys, tmp_path):
-    code = main(["train", "--plugin", "custom_cnn", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
-                 "--param", "cells=many"])
+    code = main(
+        [
+            "train",
+            "--plugin",
+            "custom_cnn",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--param",
+            "cells=many",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "bad value 'many' for parameter 'cells' of plugin custom_cnn" in err
 
 
 def test_train_base_only_for_families(capsys, tmp_path):
-    code = main(["train", "--plugin", "custom_cnn", "--base", "resnet50", "--data", str(tmp_path), "--out", str(tmp_path)])
+    code = main(
+        ["train", "--plugin", "custom_cnn", "--base", "resnet50", "--data", str(tmp_path), "--out", str(tmp_path)]
+    )
     assert code == 2 and "--base applies to specialist families only" in capsys.readouterr().err
 
 
 def test_specialist_params_are_checked_against_the_base(capsys, tmp_path):
-    code = main(["train", "--plugin", "specialists", "--base", "resnet50", "--param", "cells=3",
-                 "--data", str(tmp_path), "--out", str(tmp_path)])
+    code = main(
+        [
+            "train",
+            "--plugin",
+            "specialists",
+            "--base",
+            "resnet50",
+            "--param",
+            "cells=3",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "unknown parameter 'cells' for plugin resnet50" in err
 

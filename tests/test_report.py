@@ -95,16 +95,29 @@ def _run(models: list[str], *, labels: bool = True, one_class_part: str | None =
             "name": m,
             "path": f"runs/{m}/model.onnx",
             "sha256": f"{i:02d}" + "ab" * 31,
-            "metadata": {"plugin": m.split("-")[0], "model_name": m, "body_parts": "", "input_size": "64",
-                         "threshold": "0.5", "mura_ens_version": "0.1.0"},
-            "card": {"plugin": m, "onnx_max_abs_diff": 2.5e-7, "config": {"lr": 0.001, "epochs": 2},
-                     "metrics": {"test": {"study": {"kappa": 0.61}}}} if i == 0 else None,
+            "metadata": {
+                "plugin": m.split("-")[0],
+                "model_name": m,
+                "body_parts": "",
+                "input_size": "64",
+                "threshold": "0.5",
+                "mura_ens_version": "0.1.0",
+            },
+            "card": {
+                "plugin": m,
+                "onnx_max_abs_diff": 2.5e-7,
+                "config": {"lr": 0.001, "epochs": 2},
+                "metrics": {"test": {"study": {"kappa": 0.61}}},
+            }
+            if i == 0
+            else None,
         }
         for i, m in enumerate(models)
     ]
     provenance = {"command": ["mura-ens", "score", "/data/valid"], "input": "/data/valid", "ensemble": "body_part"}
-    return dict(studies=studies, images=images, metrics=metrics, models=model_info, provenance=provenance,
-                failed=failed)
+    return dict(
+        studies=studies, images=images, metrics=metrics, models=model_info, provenance=provenance, failed=failed
+    )
 
 
 def test_report_is_self_contained_and_complete(tmp_path):
@@ -122,7 +135,7 @@ def test_report_is_self_contained_and_complete(tmp_path):
     assert checker.errors == [] and checker.stack == []
     assert all(u.startswith("data:image/png;base64,") for u in checker.urls), checker.urls
     assert 'src="http' not in text and "<link" not in text and "<script" not in text
-    pngs = re.findall(r'data:image/png;base64,([A-Za-z0-9+/=]+)', text)
+    pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
     assert len(pngs) == 1 and base64.b64decode(pngs[0])[:8] == b"\x89PNG\r\n\x1a\n"
 
     for name in models:
@@ -181,7 +194,12 @@ def test_report_with_one_model_and_a_specialist_curve(tmp_path):
 def test_report_accepts_missing_optional_tables(tmp_path):
     run = _run(["m1"])
     text = write_report(
-        tmp_path / "r.html", studies=run["studies"], images=None, metrics=run["metrics"], models=[],
-        provenance=None, failed=None,
+        tmp_path / "r.html",
+        studies=run["studies"],
+        images=None,
+        metrics=run["metrics"],
+        models=[],
+        provenance=None,
+        failed=None,
     ).read_text()
     assert "every input was scored" in text and "m1 — study level" in text

@@ -22,7 +22,22 @@ def tree(tmp_path_factory):
 
 def test_score_command_writes_the_four_files_and_prints_tables(tree, tiny_models, tmp_path, capsys):
     runs = tiny_models["gen_a"].parents[1]
-    code = main(["score", str(tree), "--models", str(runs), "--ensemble", "body_part", "--out", str(tmp_path), "--batch-size", "3", "--workers", "1"])
+    code = main(
+        [
+            "score",
+            str(tree),
+            "--models",
+            str(runs),
+            "--ensemble",
+            "body_part",
+            "--out",
+            str(tmp_path),
+            "--batch-size",
+            "3",
+            "--workers",
+            "1",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     for name in ("images.csv", "studies.csv", "metrics.json", "report.html"):
@@ -48,7 +63,10 @@ def test_progress_bar_when_asked(tree, tiny_models, tmp_path, capsys):
         (["{missing}", "--models", "{runs}"], "input not found"),
         (["{tree}", "--models", "{empty}"], "no ONNX models found"),
         (["{tree}", "--model", "{nchw}"], "(N, 3, H, W)"),
-        (["{tree}", "--models", "{runs}", "--providers", "Bogus"], "'Bogus' is not available; available: CPUExecutionProvider"),
+        (
+            ["{tree}", "--models", "{runs}", "--providers", "Bogus"],
+            "'Bogus' is not available; available: CPUExecutionProvider",
+        ),
         (["{tree}", "--model", "{spec_hand}", "--ensemble", "mean"], "generalist"),
         (["{tree}", "--models", "{runs}", "--ensemble", "median"], "'median'"),
         (["{tree}", "--models", "{runs}", "--precision", "int8"], "model.int8.onnx"),
@@ -86,8 +104,7 @@ def test_score_runs_with_tensorflow_unimportable(tree, tiny_models, tmp_path):
     for name in ("tensorflow", "keras", "tf2onnx"):
         (blocker / name).mkdir(parents=True)
         (blocker / name / "__init__.py").write_text(
-            f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n"
-            f"raise ImportError('{name} is blocked by the test')\n"
+            f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\nraise ImportError('{name} is blocked by the test')\n"
         )
     script = textwrap.dedent(
         f"""

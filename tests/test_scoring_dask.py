@@ -126,7 +126,15 @@ def test_dask_run_interrupted_then_resumed_with_dask_ends_identical(data, tmp_pa
 
     monkeypatch.setattr(journal_module.Journal, "append", append_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        score(data.valid, models_dir=data.models, out=out, batch_size=BATCH_SIZE, progress=False, backend="dask", workers=2)
+        score(
+            data.valid,
+            models_dir=data.models,
+            out=out,
+            batch_size=BATCH_SIZE,
+            progress=False,
+            backend="dask",
+            workers=2,
+        )
     monkeypatch.undo()
     assert wait_for_no_workers() == [], "an interrupted run left its LocalCluster running"
     done = journal_lines(out)
@@ -140,8 +148,14 @@ def test_dask_run_interrupted_then_resumed_with_dask_ends_identical(data, tmp_pa
     first_path.write_text("not a png any more")
     try:
         result = score(
-            data.valid, models_dir=data.models, out=out, batch_size=BATCH_SIZE, progress=False,
-            backend="dask", workers=2, resume=True,
+            data.valid,
+            models_dir=data.models,
+            out=out,
+            batch_size=BATCH_SIZE,
+            progress=False,
+            backend="dask",
+            workers=2,
+            resume=True,
         )
     finally:
         first_path.write_bytes(original)
@@ -228,7 +242,17 @@ def test_unreachable_scheduler_from_the_environment_is_a_one_line_error(data, tm
 
     monkeypatch.setenv(SCHEDULER_ENV, "tcp://127.0.0.1:9")  # discard port: nothing listens
     out = tmp_path / "out"
-    args = ["score", str(data.valid), "--models", str(data.models), "--out", str(out), "--backend", "dask", "--no-progress"]
+    args = [
+        "score",
+        str(data.valid),
+        "--models",
+        str(data.models),
+        "--out",
+        str(out),
+        "--backend",
+        "dask",
+        "--no-progress",
+    ]
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -305,8 +329,18 @@ class SubprocessCluster:
 
     def start_scheduler(self) -> str:
         self._spawn(
-            ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(self.scheduler_file), "--idle-timeout", "300"],
+            [
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(self.scheduler_file),
+                "--idle-timeout",
+                "300",
+            ],
             "scheduler.log",
         )
         deadline = time.monotonic() + WAIT_S
@@ -320,9 +354,23 @@ class SubprocessCluster:
 
     def start_worker(self, name: str) -> subprocess.Popen:
         proc = self._spawn(
-            ["distributed.cli.dask_worker", "--scheduler-file", str(self.scheduler_file), "--name", name,
-             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1",
-             "--local-directory", str(self.folder / name), "--death-timeout", "60"],
+            [
+                "distributed.cli.dask_worker",
+                "--scheduler-file",
+                str(self.scheduler_file),
+                "--name",
+                name,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+                "--local-directory",
+                str(self.folder / name),
+                "--death-timeout",
+                "60",
+            ],
             f"{name}.log",
             env=self.worker_env,
         )
@@ -416,8 +464,11 @@ def test_worker_killed_mid_run_loses_no_study(data, tmp_path, subprocess_cluster
         w0 = worker_address(client, "w0")
         proc = score_subprocess(data, out, [], env)
         try:
-            wait_until(lambda: len(journal_lines(out)) >= 2 and client.processing([w0]).get(w0), proc,
-                       "w0 to be scoring a batch")
+            wait_until(
+                lambda: len(journal_lines(out)) >= 2 and client.processing([w0]).get(w0),
+                proc,
+                "w0 to be scoring a batch",
+            )
             victim.send_signal(signal.SIGKILL)
             victim.wait(timeout=10)
             err = finish(proc)
@@ -445,12 +496,17 @@ def test_shipped_models_reach_a_worker_that_joins_after_the_files_are_gone(data,
         client.wait_for_workers(1, timeout=WAIT_S)
         w0 = worker_address(client, "w0")
         proc = score_subprocess(
-            data_here, out, ["--scheduler", str(subprocess_cluster.scheduler_file), "--ship-models"],
+            data_here,
+            out,
+            ["--scheduler", str(subprocess_cluster.scheduler_file), "--ship-models"],
             subprocess_cluster.worker_env,
         )
         try:
-            wait_until(lambda: len(journal_lines(out)) >= 2 and client.processing([w0]).get(w0), proc,
-                       "w0 to be scoring a batch")
+            wait_until(
+                lambda: len(journal_lines(out)) >= 2 and client.processing([w0]).get(w0),
+                proc,
+                "w0 to be scoring a batch",
+            )
             shutil.move(models, tmp_path / "models-gone")  # no worker can read the model files any more
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)

@@ -12,7 +12,16 @@ from mura_ens.errors import UsageError
 from mura_ens.scoring import ensemble as ens
 from mura_ens.scoring.models import load_model_spec
 from mura_ens.scoring.score import score
-from scoring_fixtures import ENSEMBLE_LAYOUT, TINY, expected_prob, make_tree, read_images, read_studies, tiny, tiny_models  # noqa: F401
+from scoring_fixtures import (
+    ENSEMBLE_LAYOUT,
+    TINY,
+    expected_prob,
+    make_tree,
+    read_images,
+    read_studies,
+    tiny,
+    tiny_models,
+)  # noqa: F401
 
 SERVES = {
     "gen_a": None,
@@ -34,7 +43,9 @@ def tree(tmp_path_factory):
 @pytest.fixture(scope="module")
 def body_part_run(tree, tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("out_body_part")
-    result = score(tree, models_dir=tiny_models["gen_a"].parents[1], ensemble="body_part", out=out, batch_size=4, progress=False)
+    result = score(
+        tree, models_dir=tiny_models["gen_a"].parents[1], ensemble="body_part", out=out, batch_size=4, progress=False
+    )
     return result, out
 
 
@@ -60,7 +71,17 @@ def test_study_probability_is_mean_of_image_probabilities_then_mean_over_serving
     _, out = body_part_run
     images, studies = read_images(out), read_studies(out)
     assert list(studies["study"]) == list(dict.fromkeys(images["study"]))
-    assert set(studies.columns) >= {"study", "patient", "body_part", "n_images", "n_scored", "label", "prob", "pred", "status"}
+    assert set(studies.columns) >= {
+        "study",
+        "patient",
+        "body_part",
+        "n_images",
+        "n_scored",
+        "label",
+        "prob",
+        "pred",
+        "status",
+    }
     for study in studies.itertuples(index=False):
         rows = images[images["study"] == study.study]
         assert study.n_images == study.n_scored == len(rows)
@@ -86,7 +107,9 @@ def test_mean_ensemble_averages_generalists_only(tree, tiny_models, tmp_path):
     studies, images = read_studies(tmp_path), read_images(tmp_path)
     expected = studies[["prob__gen_a", "prob__gen_b"]].to_numpy().mean(axis=1)
     np.testing.assert_allclose(studies["prob"].to_numpy(), expected, rtol=1e-12, atol=0)
-    np.testing.assert_allclose(images["prob"], images[["prob__gen_a", "prob__gen_b"]].to_numpy().mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(
+        images["prob"], images[["prob__gen_a", "prob__gen_b"]].to_numpy().mean(axis=1), rtol=1e-12
+    )
     # specialists are still scored and reported in their own columns
     assert images.loc[images["body_part"] == "XR_HAND", "prob__spec_hand"].notna().all()
     assert result.metrics["ensemble"] == "mean"

@@ -136,7 +136,9 @@ def test_session_options_and_cache(tiny_models):
 def test_the_unit_of_work_is_picklable_and_scores_whole_studies(tmp_path, tiny_models):
     root = make_tree(tmp_path, [("XR_HAND", 1, 3), ("XR_WRIST", 0, 2), ("XR_SHOULDER", 1, 1)])
     paths = sorted(str(p) for p in root.rglob("*.png"))
-    tasks = [ImageTask(index=i, path=p, study=p.split("/")[-3], body_part=p.split("/")[-4]) for i, p in enumerate(paths)]
+    tasks = [
+        ImageTask(index=i, path=p, study=p.split("/")[-3], body_part=p.split("/")[-4]) for i, p in enumerate(paths)
+    ]
     config = RunnerConfig(models=tuple(M.load_models(tiny_models["gen_a"].parents[1])), batch_size=2)
     # what a process pool or Dask would ship: arguments pickled, session built on first use there
     tasks2, config2 = pickle.loads(pickle.dumps((tasks, config)))

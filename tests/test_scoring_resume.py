@@ -26,7 +26,9 @@ N_STUDIES = 36
 def data(tmp_path_factory, tiny_models):
     """Many one- and two-image studies and the outputs of an uninterrupted run with batch size 1."""
     root = tmp_path_factory.mktemp("resume")
-    layout = [(part, k % 2, 1 + k % 2) for k, part in enumerate(["XR_HAND", "XR_WRIST", "XR_SHOULDER"] * (N_STUDIES // 3))]
+    layout = [
+        (part, k % 2, 1 + k % 2) for k, part in enumerate(["XR_HAND", "XR_WRIST", "XR_SHOULDER"] * (N_STUDIES // 3))
+    ]
     valid = make_tree(root / "data", layout, seed=11)
     models = tiny_models["gen_a"].parents[1]
     reference = root / "reference"

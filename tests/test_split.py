@@ -73,8 +73,17 @@ def test_val_fraction_bounds_and_zero():
 
 def test_rows_without_patient_group_by_study():
     m = manifest_frame(
-        [{"path": f"/x/{i}.png", "study": f"s{i // 2}", "patient": "", "body_part": "", "label": i % 4 // 2, "split": ""}
-         for i in range(40)]
+        [
+            {
+                "path": f"/x/{i}.png",
+                "study": f"s{i // 2}",
+                "patient": "",
+                "body_part": "",
+                "label": i % 4 // 2,
+                "split": "",
+            }
+            for i in range(40)
+        ]
     )
     folds = assign_folds(m, val_fraction=0.25, seed=0)
     assert (folds.groupby("study")["fold"].nunique() == 1).all()

@@ -30,8 +30,22 @@ from mura_ens.training.strategy import (
 )
 
 RUN_FILES = ("model.onnx", "card.json", "history.tsv", "evaluation.json", "curves.png", "best.keras")
-TINY = ["--plugin", "custom_cnn", "--epochs", "1", "--image-size", "32", "--batch-size", "4",
-        "--param", "cells=3", "--param", "starting_filters=4", "--max-images", "40"]
+TINY = [
+    "--plugin",
+    "custom_cnn",
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--param",
+    "cells=3",
+    "--param",
+    "starting_filters=4",
+    "--max-images",
+    "40",
+]
 TIMEOUT_S = 300
 
 
@@ -41,9 +55,15 @@ TIMEOUT_S = 300
 @pytest.mark.parametrize(
     ("requested", "gpus", "expected"),
     [
-        ("auto", 0, "one"), ("auto", 1, "one"), ("auto", 2, "mirrored"), ("auto", 8, "mirrored"),
-        ("one", 4, "one"), ("mirrored", 0, "mirrored"), ("mirrored", 1, "mirrored"),
-        ("multiworker", 0, "multiworker"), ("Mirrored", 0, "mirrored"),
+        ("auto", 0, "one"),
+        ("auto", 1, "one"),
+        ("auto", 2, "mirrored"),
+        ("auto", 8, "mirrored"),
+        ("one", 4, "one"),
+        ("mirrored", 0, "mirrored"),
+        ("mirrored", 1, "mirrored"),
+        ("multiworker", 0, "multiworker"),
+        ("Mirrored", 0, "mirrored"),
     ],
 )
 def test_auto_means_mirrored_only_with_several_gpus(requested, gpus, expected):
@@ -52,7 +72,9 @@ def test_auto_means_mirrored_only_with_several_gpus(requested, gpus, expected):
 
 def test_unknown_strategy_names_the_choices():
     assert STRATEGIES == ("auto", "one", "mirrored", "multiworker")
-    with pytest.raises(UsageError, match=r"unknown strategy 'horovod'; expected one of auto, one, mirrored, multiworker"):
+    with pytest.raises(
+        UsageError, match=r"unknown strategy 'horovod'; expected one of auto, one, mirrored, multiworker"
+    ):
         check_strategy("horovod")
 
 
@@ -78,10 +100,16 @@ def test_tf_config_and_the_chief_rule():
     [
         (None, r"--strategy multiworker needs the TF_CONFIG environment variable"),
         ("  ", r"needs the TF_CONFIG environment variable"),
-        ('{"cluster": {"worker": ["a:1"]}', r"TF_CONFIG is not valid JSON \(Expecting ',' delimiter at character 31\): '\{\"cluster"),
+        (
+            '{"cluster": {"worker": ["a:1"]}',
+            r"TF_CONFIG is not valid JSON \(Expecting ',' delimiter at character 31\): '\{\"cluster",
+        ),
         ('["a:1"]', r"TF_CONFIG needs a 'cluster' and a 'task' object, got '\[\"a:1\"\]'"),
         ('{"cluster": {"worker": ["a:1"]}}', r"needs a 'cluster' and a 'task' object"),
-        (_tf_config({"worker": ["a:1"], "ps": ["b:1"]}), r"cluster has a 'ps' job; multiworker training uses only chief and worker"),
+        (
+            _tf_config({"worker": ["a:1"], "ps": ["b:1"]}),
+            r"cluster has a 'ps' job; multiworker training uses only chief and worker",
+        ),
         (_tf_config({"worker": "a:1"}), r"cluster\['worker'\] must be a non-empty list of 'host:port', got 'a:1'"),
         (_tf_config({"worker": []}), r"must be a non-empty list"),
         (_tf_config({"worker": ["a:1", "nohost"]}), r"cluster\['worker'\] has 'nohost'; expected 'host:port'"),
@@ -89,7 +117,10 @@ def test_tf_config_and_the_chief_rule():
         (_tf_config({"chief": ["a:1", "b:1"], "worker": ["c:1"]}, "chief"), r"has 2 chiefs"),
         (_tf_config({"worker": ["a:1", "a:1"]}), r"lists a:1 more than once"),
         (_tf_config({"worker": ["a:1"]}, "chief"), r"task type 'chief' is not a job of the cluster \(worker\)"),
-        (_tf_config({"worker": ["a:1", "b:1"]}, index=2), r"task index 2 is out of range: the cluster has 2 worker task\(s\)"),
+        (
+            _tf_config({"worker": ["a:1", "b:1"]}, index=2),
+            r"task index 2 is out of range: the cluster has 2 worker task\(s\)",
+        ),
         (_tf_config({"worker": ["a:1"]}, index="0"), r"task index must be an integer, got '0'"),
     ],
 )
@@ -197,7 +228,11 @@ def test_mirrored_on_two_logical_cpus(synth_small, tmp_path):
     card = _check_run_folder(run)
     training = card["training"]
     assert (training["strategy"], training["strategy_requested"], training["replicas"], training["workers"]) == (
-        "mirrored", "mirrored", 2, 1)
+        "mirrored",
+        "mirrored",
+        2,
+        1,
+    )
     assert [d.rsplit("/", 1)[-1] for d in training["replica_devices"]] == ["device:CPU:0", "device:CPU:1"]
     assert training["per_replica_batch_size"] == 4 and training["global_batch_size"] == 8
     assert training["learning_rate"] == card["config"]["lr"] == 0.001
@@ -232,8 +267,10 @@ def test_multiworker_two_local_processes(synth_small, tmp_path):
     assert list(scratch[1].iterdir()) == []
     assert "[worker 1] done in" in worker_err and "the chief writes the run folder" in worker_err
     # Same split on both, and the epoch's metrics are aggregated over both workers' shards.
-    fold_lines = [[line.split("] ", 1)[1] for line in err.splitlines() if "] custom_cnn: train " in line]
-                  for err in (chief_err, worker_err)]
+    fold_lines = [
+        [line.split("] ", 1)[1] for line in err.splitlines() if "] custom_cnn: train " in line]
+        for err in (chief_err, worker_err)
+    ]
     assert fold_lines[0] == fold_lines[1] and len(fold_lines[0]) == 1
     assert _epoch_lines(chief_err) == _epoch_lines(worker_err) and len(_epoch_lines(chief_err)) == 1
 
@@ -245,13 +282,18 @@ def test_multiworker_workers_with_different_options_stop(synth_small, tmp_path):
     out = tmp_path / "runs"
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     commands = [
-        (_train_command(synth_small["root"], out, "--strategy", "multiworker", "--seed", str(index)),
-         _env(TF_CONFIG=_tf_config(cluster, "worker", index)))
+        (
+            _train_command(synth_small["root"], out, "--strategy", "multiworker", "--seed", str(index)),
+            _env(TF_CONFIG=_tf_config(cluster, "worker", index)),
+        )
         for index in range(2)
     ]
     for code, _, stderr in _run_all(commands, tmp_path):
         assert code == 2, stderr
-        assert "mura-ens: error: the workers of the cluster disagree on the images, split or options of custom_cnn" in stderr
+        assert (
+            "mura-ens: error: the workers of the cluster disagree on the images, split or options of custom_cnn"
+            in stderr
+        )
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -291,8 +333,10 @@ print("PROBE " + json.dumps({"seen": seen, "loadable": loadable, "rows": rows}))
 def test_multiworker_streams_give_every_image_to_exactly_one_worker(synth_small, tmp_path):
     """The streams fit reads, distributed as fit distributes them: per epoch the workers' shares partition the fold."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    commands = [([sys.executable, "-c", SHARD_PROBE, synth_small["root"]], _env(TF_CONFIG=_tf_config(cluster, "worker", i)))
-                for i in range(2)]
+    commands = [
+        ([sys.executable, "-c", SHARD_PROBE, synth_small["root"]], _env(TF_CONFIG=_tf_config(cluster, "worker", i)))
+        for i in range(2)
+    ]
     probes = []
     for code, stdout, stderr in _run_all(commands, tmp_path):
         assert code == 0, stderr

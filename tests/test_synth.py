@@ -64,7 +64,9 @@ def test_deterministic_per_seed(tmp_path, synth_small):
     assert _tree_bytes(again["root"]) == _tree_bytes(synth_small["root"])
     same = {k: v for k, v in again.items() if k not in ("out", "root", "quirk_files", "relabelled_study", "csv")}
     assert same == {k: synth_small[k] for k in same}
-    assert walk_mura(again["root"]).manifest["study"].tolist() == walk_mura(synth_small["root"]).manifest["study"].tolist()
+    assert (
+        walk_mura(again["root"]).manifest["study"].tolist() == walk_mura(synth_small["root"]).manifest["study"].tolist()
+    )
 
     other = make_synthetic_mura(tmp_path / "b", studies_per_part=6, size=64, seed=4)
     a, b = _tree_bytes(other["root"]), _tree_bytes(synth_small["root"])
@@ -94,7 +96,9 @@ def test_structure(medium):
     m = read_official(medium["root"]).manifest
     per_study = m.groupby("study").size()
     quirk_extra = {os.path.dirname(p) for k, p in medium["quirk_files"].items() if k != "appledouble"}
-    normal = per_study[[os.path.dirname(m.loc[m["study"] == s, "path"].iat[0]) not in quirk_extra for s in per_study.index]]
+    normal = per_study[
+        [os.path.dirname(m.loc[m["study"] == s, "path"].iat[0]) not in quirk_extra for s in per_study.index]
+    ]
     assert normal.min() >= 1 and normal.max() <= 4 and normal.nunique() >= 3
     # Patients never cross splits; ids are numbered like MURA's.
     assert (m.groupby("patient")["split"].nunique() == 1).all()

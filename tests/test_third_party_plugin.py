@@ -42,7 +42,9 @@ def test_core_never_names_the_plugin():
 
 def test_third_party_plugin_is_listed_by_the_cli(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(FIXTURES) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([str(MURA_ENS), "plugins"], capture_output=True, text=True, env=env, timeout=60, check=False)
+    result = subprocess.run(
+        [str(MURA_ENS), "plugins"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     tiny = next(line for line in result.stdout.splitlines() if " tiny " in line)
     assert "mura-ens-tiny-plugin 0.1.0" in tiny and " ok " in tiny and " 32 " in tiny
@@ -53,8 +55,9 @@ def test_third_party_plugin_is_listed_by_the_cli(tmp_path):
         assert f" {builtin} " in result.stdout
 
     only = dict(env, MURA_ENS_PLUGINS="tiny")
-    result = subprocess.run([str(MURA_ENS), "plugins", "--json"], capture_output=True, text=True, env=only, timeout=60,
-                            check=True)
+    result = subprocess.run(
+        [str(MURA_ENS), "plugins", "--json"], capture_output=True, text=True, env=only, timeout=60, check=True
+    )
     assert [row["name"] for row in json.loads(result.stdout)] == ["tiny"]
 
 
@@ -65,8 +68,16 @@ def test_third_party_plugin_trains_one_step_and_exports(third_party_on_path, syn
 
     row = next(r for r in registry.plugin_rows() if r["name"] == "tiny")
     assert row["distribution"] == "mura-ens-tiny-plugin" and row["status"] == "ok"
-    (run,) = train("tiny", synth_small["root"], tmp_path, epochs=1, batch_size=8, max_images=8,
-                   params=["filters=2"], progress=False)
+    (run,) = train(
+        "tiny",
+        synth_small["root"],
+        tmp_path,
+        epochs=1,
+        batch_size=8,
+        max_images=8,
+        params=["filters=2"],
+        progress=False,
+    )
     card = json.loads((run / "card.json").read_text())
     assert card["training"]["epochs_run"] == 1 and card["input_size"] == 32  # the plugin's default size
     assert card["config"]["params"] == {"filters": 2} and card["onnx_max_abs_diff"] <= 1e-4

@@ -19,8 +19,23 @@ def _entries(cache_dir):
 
 def test_train_with_cache_fills_it_once_and_reuses_it(synth_small, tmp_path, capsys):
     cache_dir = tmp_path / "cache"
-    args = ["train", "--plugin", "custom_cnn", "--data", synth_small["root"], "--epochs", "2", "--image-size", "32",
-            "--param", "cells=3", "--param", "starting_filters=4", "--cache", str(cache_dir)]
+    args = [
+        "train",
+        "--plugin",
+        "custom_cnn",
+        "--data",
+        synth_small["root"],
+        "--epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--param",
+        "cells=3",
+        "--param",
+        "starting_filters=4",
+        "--cache",
+        str(cache_dir),
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0, capsys.readouterr().err
     (entry,) = _entries(cache_dir)
     index = json.loads((entry / "index.json").read_text())

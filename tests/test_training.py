@@ -106,8 +106,17 @@ def test_pipeline_drops_unloadable_images_and_augments(synth_small):
     rows = pd.concat([frame.loc[frame["path"] == zero_byte], frame.loc[frame["path"] != zero_byte].head(5)])
     assert len(rows) == 6
     failures = LoadFailures()
-    data = training_dataset(rows, np.ones(len(rows), np.float32), image_size=32, resize_policy="stretch",
-                            batch_size=4, failures=failures, shuffle=True, augment=True, seed=0)
+    data = training_dataset(
+        rows,
+        np.ones(len(rows), np.float32),
+        image_size=32,
+        resize_policy="stretch",
+        batch_size=4,
+        failures=failures,
+        shuffle=True,
+        augment=True,
+        seed=0,
+    )
     images = np.concatenate([batch[0].numpy() for batch in data])
     assert images.shape == (5, 32, 32, 3) and images.dtype == np.float32
     assert 0 <= images.min() and images.max() <= 255
@@ -143,8 +152,18 @@ def test_custom_cnn_learns_synthetic_mura(tmp_path):
 
     synth = make_synthetic_mura(tmp_path / "synth", studies_per_part=40, size=64, seed=2)
     # A lighter cell stack than the 256-px default (6 cells would shrink 64 px to 1x1).
-    (run,) = train("custom_cnn", synth["root"], tmp_path / "runs", epochs=30, patience=8, batch_size=16,
-                   image_size=64, seed=1, params={"cells": 5, "starting_filters": 16}, progress=False)
+    (run,) = train(
+        "custom_cnn",
+        synth["root"],
+        tmp_path / "runs",
+        epochs=30,
+        patience=8,
+        batch_size=16,
+        image_size=64,
+        seed=1,
+        params={"cells": 5, "starting_filters": 16},
+        progress=False,
+    )
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert evaluation["split"] == "test"
     study = evaluation["study"]["overall"]
@@ -170,8 +189,17 @@ def test_specialists_give_one_tagged_model_per_body_part(synth_small, tmp_path):
     manifest = tmp_path / "two_parts.csv"
     two_parts.to_csv(manifest, index=False)
 
-    runs = train("specialists", manifest, tmp_path / "runs", epochs=1, batch_size=8, image_size=32,
-                 params={"cells": 2, "starting_filters": 4}, progress=False, val_fraction=0.4)
+    runs = train(
+        "specialists",
+        manifest,
+        tmp_path / "runs",
+        epochs=1,
+        batch_size=8,
+        image_size=32,
+        params={"cells": 2, "starting_filters": 4},
+        progress=False,
+        val_fraction=0.4,
+    )
     assert [run.name for run in runs] == ["specialists-custom_cnn-XR_HAND", "specialists-custom_cnn-XR_WRIST"]
     for run, part in zip(runs, ("XR_HAND", "XR_WRIST")):
         meta = read_onnx_metadata(run / "model.onnx")
@@ -191,8 +219,21 @@ def test_specialists_give_one_tagged_model_per_body_part(synth_small, tmp_path):
 def test_train_cli_done_when(synth_small, tmp_path, capsys):
     """`mura-ens train --plugin custom_cnn --data <synth>/MURA-v1.1 --out runs --epochs 2 --image-size 64`."""
     out = tmp_path / "runs"
-    code = main(["train", "--plugin", "custom_cnn", "--data", synth_small["root"], "--out", str(out),
-                 "--epochs", "2", "--image-size", "64"])
+    code = main(
+        [
+            "train",
+            "--plugin",
+            "custom_cnn",
+            "--data",
+            synth_small["root"],
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--image-size",
+            "64",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     run = out / "custom_cnn"

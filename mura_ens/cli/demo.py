@@ -12,10 +12,17 @@ from ._app import app
 
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for data, runs and results (rebuilt on rerun).")] = Path("demo-out"),
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller data and models, 1-2 epochs: under 2 minutes.")] = False,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for data, runs and results (rebuilt on rerun).")
+    ] = Path("demo-out"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Smaller data and models, 1-2 epochs: under 2 minutes.")
+    ] = False,
     seed: Annotated[int, typer.Option(metavar="K", help="Seed of the synthetic data and of training.")] = 0,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Scoring progress bar (default: only on a terminal).")] = None,
+    progress: Annotated[
+        Optional[bool],
+        typer.Option("--progress/--no-progress", help="Scoring progress bar (default: only on a terminal)."),
+    ] = None,
 ) -> None:
     """Synthetic MURA -> train custom_cnn + specialists -> ONNX -> score the valid split -> report.html."""
     import time

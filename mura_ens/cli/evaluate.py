@@ -68,9 +68,7 @@ def evaluate_command(
         show_default=False,
     ),
     threshold: float = typer.Option(0.5, "--threshold", "-t", help="Predict abnormal when prob > threshold."),
-    out: Path = typer.Option(
-        Path("metrics.json"), "--out", "-o", help="Where to write metrics.json."
-    ),
+    out: Path = typer.Option(Path("metrics.json"), "--out", "-o", help="Where to write metrics.json."),
     prob_column: str = typer.Option("prob", "--prob-column", help="Probability column, e.g. prob__<model>."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0 = none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),

@@ -14,7 +14,9 @@ QUANTIZE_MODES = ("int8",)
 
 @app.command("export")
 def export_command(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'mura-ens train' (holds best.keras and card.json).")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run folder written by 'mura-ens train' (holds best.keras and card.json).")
+    ],
     quantize: Annotated[
         Optional[str],
         typer.Option(
@@ -25,8 +27,12 @@ def export_command(
         ),
     ] = None,
     calibration_images: Annotated[int, typer.Option(metavar="N", help="Training images used to calibrate int8.")] = 200,
-    data: Annotated[Optional[Path], typer.Option(metavar="SOURCE", help="The training data, when it moved since training.")] = None,
-    reexport: Annotated[bool, typer.Option("--reexport", help="With --quantize: re-export model.onnx from best.keras first.")] = False,
+    data: Annotated[
+        Optional[Path], typer.Option(metavar="SOURCE", help="The training data, when it moved since training.")
+    ] = None,
+    reexport: Annotated[
+        bool, typer.Option("--reexport", help="With --quantize: re-export model.onnx from best.keras first.")
+    ] = False,
 ) -> None:
     """Convert RUN_DIR/best.keras to RUN_DIR/model.onnx after checking ONNX vs Keras parity; or quantize it (--quantize int8)."""
     import json

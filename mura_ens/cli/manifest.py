@@ -53,5 +53,9 @@ def manifest_command(
         table.add_row(str(part), *cells, end_section=number == len(summary) - 2)
     Console().print(table)
     reasons = ", ".join(f"{reason}: {count}" for reason, count in result["skipped_reasons"].items())
-    typer.echo(f"skipped {result['n_skipped']} files" + (f" ({reasons})" if reasons else "") + f", listed in {result['skipped_csv']}")
+    typer.echo(
+        f"skipped {result['n_skipped']} files"
+        + (f" ({reasons})" if reasons else "")
+        + f", listed in {result['skipped_csv']}"
+    )
     typer.echo(f"wrote {result['manifest']}")

@@ -16,21 +16,74 @@ from ._app import app
 
 @app.command("score")
 def score_command(
-    input: Annotated[Path, typer.Argument(metavar="INPUT", help="MURA-layout folder (any depth), folder with the official CSVs, or manifest CSV.")],
-    models: Annotated[Optional[Path], typer.Option("--models", metavar="DIR", help="Folder searched recursively for *.onnx models.")] = None,
-    model: Annotated[Optional[list[Path]], typer.Option("--model", metavar="FILE", help="One ONNX model file (repeatable).")] = None,
-    ensemble: Annotated[str, typer.Option(metavar="body_part|mean", help="body_part: mean of the models serving the study's part; mean: mean of the generalists.")] = "body_part",
+    input: Annotated[
+        Path,
+        typer.Argument(
+            metavar="INPUT", help="MURA-layout folder (any depth), folder with the official CSVs, or manifest CSV."
+        ),
+    ],
+    models: Annotated[
+        Optional[Path], typer.Option("--models", metavar="DIR", help="Folder searched recursively for *.onnx models.")
+    ] = None,
+    model: Annotated[
+        Optional[list[Path]], typer.Option("--model", metavar="FILE", help="One ONNX model file (repeatable).")
+    ] = None,
+    ensemble: Annotated[
+        str,
+        typer.Option(
+            metavar="body_part|mean",
+            help="body_part: mean of the models serving the study's part; mean: mean of the generalists.",
+        ),
+    ] = "body_part",
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")] = Path("results"),
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Images per inference call.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(metavar="N", help="Decode threads (default: CPUs, at most 4); with --backend dask and no scheduler: local worker processes (default: one per CPU).")] = None,
-    threshold: Annotated[Optional[float], typer.Option(metavar="P", help="Decision threshold (default: the models' own if they agree, else 0.5).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out without re-scoring finished studies.")] = False,
-    providers: Annotated[Optional[list[str]], typer.Option("--providers", metavar="NAMES", help="onnxruntime execution providers, e.g. cpu or cuda,cpu (default: CUDA if available, else CPU).")] = None,
-    precision: Annotated[str, typer.Option(metavar="fp32|int8", help="fp32 or int8: which model file of each run folder to use.")] = "fp32",
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: only on a terminal).")] = None,
-    backend: Annotated[str, typer.Option(metavar="local|dask", help="local: this machine; dask: a Dask cluster (needs the [dask] extra).")] = "local",
-    scheduler: Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786, or a scheduler file (default: $DASK_SCHEDULER_ADDRESS; neither: a local cluster).")] = None,
-    ship_models: Annotated[bool, typer.Option("--ship-models", help="With --backend dask: send the model files to the workers instead of reading them at the same paths there.")] = False,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            metavar="N",
+            help="Decode threads (default: CPUs, at most 4); with --backend dask and no scheduler: local worker processes (default: one per CPU).",
+        ),
+    ] = None,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option(metavar="P", help="Decision threshold (default: the models' own if they agree, else 0.5)."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the interrupted run in --out without re-scoring finished studies."),
+    ] = False,
+    providers: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--providers",
+            metavar="NAMES",
+            help="onnxruntime execution providers, e.g. cpu or cuda,cpu (default: CUDA if available, else CPU).",
+        ),
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(metavar="fp32|int8", help="fp32 or int8: which model file of each run folder to use.")
+    ] = "fp32",
+    progress: Annotated[
+        Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: only on a terminal).")
+    ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(metavar="local|dask", help="local: this machine; dask: a Dask cluster (needs the [dask] extra)."),
+    ] = "local",
+    scheduler: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="ADDRESS",
+            help="Dask scheduler, e.g. tcp://host:8786, or a scheduler file (default: $DASK_SCHEDULER_ADDRESS; neither: a local cluster).",
+        ),
+    ] = None,
+    ship_models: Annotated[
+        bool,
+        typer.Option(
+            "--ship-models",
+            help="With --backend dask: send the model files to the workers instead of reading them at the same paths there.",
+        ),
+    ] = False,
 ) -> None:
     """Score every image with every applicable ONNX model and write images.csv, studies.csv, metrics.json, report.html."""
     import sys
@@ -82,12 +135,16 @@ def print_summary(result, console) -> None:
         f"{len(result.models)} models ({', '.join(m.name for m in result.models)}), ensemble {result.ensemble}, "
         f"threshold {result.threshold:g}, providers {', '.join(result.providers)}"
     )
-    print(f"images: {n_ok} scored of {len(images)} listed; studies: {int((studies['status'] == 'ok').sum())} scored of {len(studies)}")
+    print(
+        f"images: {n_ok} scored of {len(images)} listed; studies: {int((studies['status'] == 'ok').sum())} scored of {len(studies)}"
+    )
     failed = images.loc[images["status"] != "ok", "status"].value_counts()
     if len(failed):
         print("not scored: " + ", ".join(f"{status} {count}" for status, count in failed.items()))
     if result.metrics is not None:
-        console.print(format_metrics_table(result.metrics["study"], title=f"Study-level metrics, ensemble ({result.ensemble})"))
+        console.print(
+            format_metrics_table(result.metrics["study"], title=f"Study-level metrics, ensemble ({result.ensemble})")
+        )
         specialists: dict[str, dict] = {}
         for spec in result.models:
             levels = result.metrics["models"].get(spec.name)
@@ -101,7 +158,11 @@ def print_summary(result, console) -> None:
                 key = part if part not in specialists else f"{part} {spec.name}"
                 specialists[key] = group
         if specialists:
-            console.print(format_metrics_table({"by_body_part": specialists}, title="Study-level metrics, specialists on their own parts"))
+            console.print(
+                format_metrics_table(
+                    {"by_body_part": specialists}, title="Study-level metrics, specialists on their own parts"
+                )
+            )
     else:
         print("no labels in the input: metrics skipped")
     for path in result.paths.values():

@@ -13,13 +13,20 @@ from ._app import app
 @app.command("synth")
 def synth_command(
     out: Annotated[Path, typer.Argument(help="Folder to create; the data goes to OUT/MURA-v1.1.", show_default=False)],
-    studies_per_part: Annotated[int, typer.Option("--studies-per-part", help="Studies per body part (train + valid).")] = 12,
+    studies_per_part: Annotated[
+        int, typer.Option("--studies-per-part", help="Studies per body part (train + valid).")
+    ] = 12,
     size: Annotated[int, typer.Option("--size", help="Longest image side in pixels.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same bytes.")] = 0,
     quirks: Annotated[
-        bool, typer.Option("--quirks/--no-quirks", help="Plant MURA quirks: ._ file, truncated PNG, zero-byte PNG, relabelled study.")
+        bool,
+        typer.Option(
+            "--quirks/--no-quirks", help="Plant MURA quirks: ._ file, truncated PNG, zero-byte PNG, relabelled study."
+        ),
     ] = True,
-    valid_fraction: Annotated[float, typer.Option("--valid-fraction", help="Share of studies (by patient) in valid/.")] = 0.2,
+    valid_fraction: Annotated[
+        float, typer.Option("--valid-fraction", help="Share of studies (by patient) in valid/.")
+    ] = 0.2,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT/MURA-v1.1.")] = False,
 ) -> None:
     """Synthetic MURA: bone-like shapes per body part, learnable abnormalities, deterministic per seed."""

@@ -208,4 +208,3 @@ def load_image(
     """
     check_policy(policy)
     return resize_rgb(decode(path, max_pixels=max_pixels), size, policy)
-

@@ -80,7 +80,9 @@ def read_manifest(path: str | os.PathLike, *, root: str | os.PathLike | None = N
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
-        raise ManifestError(f"{path}", ["the file is empty (expected a header row: " + ",".join(MANIFEST_COLUMNS) + ")"])
+        raise ManifestError(
+            f"{path}", ["the file is empty (expected a header row: " + ",".join(MANIFEST_COLUMNS) + ")"]
+        )
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         raise ManifestError(f"{path}", [f"cannot parse the CSV: {str(exc).strip().splitlines()[0]}"])
     raw.columns = [str(c).strip() for c in raw.columns]
@@ -103,7 +105,9 @@ def validate_manifest(frame: pd.DataFrame, source: str | os.PathLike = "<manifes
     """
     missing = [c for c in REQUIRED_MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
-        return [f"{source}: missing required column(s) {', '.join(missing)} (has: {', '.join(map(str, frame.columns))})"]
+        return [
+            f"{source}: missing required column(s) {', '.join(missing)} (has: {', '.join(map(str, frame.columns))})"
+        ]
     problems: list[str] = []
     text = {c: _as_text(frame[c]) for c in frame.columns if c in MANIFEST_COLUMNS}
     cells = {c: column.tolist() for c, column in text.items()}

@@ -418,7 +418,9 @@ def render_image(rng: np.random.Generator, part: str, size: int, *, injury: str 
     tissue = np.zeros_like(image)
     for ax, ay, bx, by, radius in capsules:
         dist = _segment_distance(xx, yy, ax, ay, bx, by)
-        bone = np.maximum(bone, np.clip((radius - dist) / 1.2 + 0.5, 0, 1) * (0.85 + 0.15 * np.clip(dist / radius, 0, 1)))
+        bone = np.maximum(
+            bone, np.clip((radius - dist) / 1.2 + 0.5, 0, 1) * (0.85 + 0.15 * np.clip(dist / radius, 0, 1))
+        )
         tissue = np.maximum(tissue, np.clip((2.0 * radius - dist) / (0.6 * radius), 0, 1))
     image = np.maximum(image, tissue * tissue_level)
     image = np.maximum(image, bone * bone_level) * np.float32(rng.uniform(0.9, 1.1))
@@ -431,7 +433,10 @@ def render_image(rng: np.random.Generator, part: str, size: int, *, injury: str 
     if injury in ("fracture", "both"):
         # A dark oblique line across the main bone, only where there is bone.
         turn = math.radians(90 + rng.choice([-1, 1]) * rng.uniform(15, 35))
-        dx, dy = axis[0] * math.cos(turn) - axis[1] * math.sin(turn), axis[0] * math.sin(turn) + axis[1] * math.cos(turn)
+        dx, dy = (
+            axis[0] * math.cos(turn) - axis[1] * math.sin(turn),
+            axis[0] * math.sin(turn) + axis[1] * math.cos(turn),
+        )
         half = max(1.6 * radius, 0.12 * size)
         dist = _segment_distance(xx, yy, cx - half * dx, cy - half * dy, cx + half * dx, cy + half * dy)
         thickness = max(2.0, 0.06 * size)
@@ -445,7 +450,9 @@ def render_image(rng: np.random.Generator, part: str, size: int, *, injury: str 
         metal = np.clip(disc - np.hypot(xx - mx, yy - my) + 0.5, 0, 1)
         if rng.random() < 0.5:
             reach = 0.18 * size
-            plate = _segment_distance(xx, yy, mx - reach * axis[0], my - reach * axis[1], mx + reach * axis[0], my + reach * axis[1])
+            plate = _segment_distance(
+                xx, yy, mx - reach * axis[0], my - reach * axis[1], mx + reach * axis[0], my + reach * axis[1]
+            )
             metal = np.maximum(metal, np.clip(0.025 * size - plate + 0.5, 0, 1))
         image = np.maximum(image, metal * rng.uniform(245, 255))
 

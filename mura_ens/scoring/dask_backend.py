@@ -217,7 +217,9 @@ class DaskBackend:
                 try:
                     client = Client(target.address, scheduler_file=target.scheduler_file, set_as_default=False)
                 except (OSError, TimeoutError, ValueError) as exc:
-                    raise UsageError(f"cannot connect to the Dask scheduler at {target.describe()}: {_first_line(exc)}") from None
+                    raise UsageError(
+                        f"cannot connect to the Dask scheduler at {target.describe()}: {_first_line(exc)}"
+                    ) from None
             try:
                 if not target.is_local:
                     try:

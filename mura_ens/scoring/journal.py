@@ -41,7 +41,9 @@ JOURNAL_FORMAT = 1
 def manifest_digest(manifest) -> str:
     """SHA-256 of the manifest rows that decide what gets scored and how it is grouped."""
     h = hashlib.sha256()
-    columns = [manifest[c].astype("string").fillna("").to_numpy(dtype=object) for c in ("path", "study", "body_part", "label")]
+    columns = [
+        manifest[c].astype("string").fillna("").to_numpy(dtype=object) for c in ("path", "study", "body_part", "label")
+    ]
     for values in zip(*columns):
         h.update("\x1f".join(values).encode("utf-8", "surrogateescape"))
         h.update(b"\x1e")

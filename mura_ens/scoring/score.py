@@ -236,8 +236,17 @@ def score(
     failed = images_out.loc[images_out["status"] != "ok", ["path", "study", "body_part", "status", "error"]]
     model_info = [_model_info(m) for m in models]
     provenance = _provenance(
-        input_path, out, models, ensemble=ensemble, threshold=decision_threshold, precision=precision, backend=backend,
-        providers=chosen_providers, batch_size=batch_size, workers=workers, n_images=len(manifest),
+        input_path,
+        out,
+        models,
+        ensemble=ensemble,
+        threshold=decision_threshold,
+        precision=precision,
+        backend=backend,
+        providers=chosen_providers,
+        batch_size=batch_size,
+        workers=workers,
+        n_images=len(manifest),
         n_skipped=len(scan.skipped),
     )
     written["report"] = write_report(
@@ -323,7 +332,11 @@ def image_table(manifest, skipped, scored: ScoredRows, models: Sequence[ModelSpe
         extra = []
         for path, reason in zip(skipped["path"], skipped["reason"]):
             known = by_folder.get(path if reason == "empty_study" else os.path.dirname(path))
-            info = None if known else parse_study_dir(Path(path if reason == "empty_study" else os.path.dirname(path)).parts)
+            info = (
+                None
+                if known
+                else parse_study_dir(Path(path if reason == "empty_study" else os.path.dirname(path)).parts)
+            )
             extra.append(
                 {
                     "path": path,

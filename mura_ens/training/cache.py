@@ -60,8 +60,16 @@ class ImageCache:
         self.resize_policy = resize_policy
         self._row = {path: i for i, path in reversed(list(enumerate(self.paths)))}
         shape = (len(self.paths), self.image_size, self.image_size, 3)
-        self.images = np.memmap(self.folder / "images.u8", dtype=np.uint8, mode="r+", shape=shape) if len(self.paths) else np.zeros(shape, np.uint8)
-        self.state = np.memmap(self.folder / "state.u8", dtype=np.uint8, mode="r+", shape=(len(self.paths),)) if len(self.paths) else np.zeros(0, np.uint8)
+        self.images = (
+            np.memmap(self.folder / "images.u8", dtype=np.uint8, mode="r+", shape=shape)
+            if len(self.paths)
+            else np.zeros(shape, np.uint8)
+        )
+        self.state = (
+            np.memmap(self.folder / "state.u8", dtype=np.uint8, mode="r+", shape=(len(self.paths),))
+            if len(self.paths)
+            else np.zeros(0, np.uint8)
+        )
 
     @classmethod
     def open(
@@ -90,8 +98,14 @@ class ImageCache:
                     fh.truncate(n * size * size * 3)  # sparse: disk is used as images arrive
                 with open(staging / "state.u8", "wb") as fh:
                     fh.truncate(n)
-                index = {"format": CACHE_FORMAT, "key": key, "image_size": size, "resize_policy": resize_policy,
-                         "count": n, "paths": paths}
+                index = {
+                    "format": CACHE_FORMAT,
+                    "key": key,
+                    "image_size": size,
+                    "resize_policy": resize_policy,
+                    "count": n,
+                    "paths": paths,
+                }
                 (staging / "index.json").write_text(json.dumps(index), encoding="utf-8")
                 try:
                     os.rename(staging, folder)

@@ -67,7 +67,9 @@ def progress_line(row: dict, epochs: int, *, best: bool) -> str:
     val = f"val loss {fmt('val_loss')} auc {fmt('val_auc')} acc {fmt('val_accuracy')} kappa {fmt('val_kappa')}"
     width = len(str(epochs))
     mark = "  * best val_loss" if best else ""
-    return f"epoch {row['epoch']:>{width}}/{epochs}  {train} | {val} | lr {row['lr']:.1e} | {row['seconds']:.1f} s{mark}"
+    return (
+        f"epoch {row['epoch']:>{width}}/{epochs}  {train} | {val} | lr {row['lr']:.1e} | {row['seconds']:.1f} s{mark}"
+    )
 
 
 def plot_curves(rows: list[dict], path: str | Path, *, title: str = "", weighted_loss: bool = True) -> Path:
@@ -81,7 +83,13 @@ def plot_curves(rows: list[dict], path: str | Path, *, title: str = "", weighted
 
     epochs = [row["epoch"] for row in rows]
     figure = Figure(figsize=(12, 3.6), dpi=100)
-    for index, (key, label) in enumerate((("loss", "loss (class-weighted BCE)" if weighted_loss else "loss (BCE)"), ("auc", "ROC AUC"), ("kappa", "Cohen's kappa"))):
+    for index, (key, label) in enumerate(
+        (
+            ("loss", "loss (class-weighted BCE)" if weighted_loss else "loss (BCE)"),
+            ("auc", "ROC AUC"),
+            ("kappa", "Cohen's kappa"),
+        )
+    ):
         axes = figure.add_subplot(1, 3, index + 1)
         for prefix, style, name in (("", "-o", "train"), ("val_", "-s", "val")):
             values = [row.get(prefix + key) for row in rows]

@@ -191,7 +191,9 @@ def predict_paths(
     failures = failures if failures is not None else LoadFailures()
     probs: list[np.ndarray] = []
     oks: list[np.ndarray] = []
-    data = prediction_dataset(paths, image_size=image_size, resize_policy=resize_policy, batch_size=batch_size, failures=failures)
+    data = prediction_dataset(
+        paths, image_size=image_size, resize_policy=resize_policy, batch_size=batch_size, failures=failures
+    )
     for images, ok in data:
         probs.append(np.asarray(model.predict_on_batch(images), dtype=np.float64).reshape(-1))
         oks.append(ok.numpy())

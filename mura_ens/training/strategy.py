@@ -105,7 +105,11 @@ def parse_tf_config(text: str | None) -> ClusterTask:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"TF_CONFIG is not valid JSON ({exc.msg} at character {exc.pos}): {_clip(text)!r}") from exc
-    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or not isinstance(config.get("task"), dict):
+    if (
+        not isinstance(config, dict)
+        or not isinstance(config.get("cluster"), dict)
+        or not isinstance(config.get("task"), dict)
+    ):
         raise UsageError(f"TF_CONFIG needs a 'cluster' and a 'task' object, got {_clip(text)!r}; {hint}")
     cluster: dict[str, tuple[str, ...]] = {}
     for job, addresses in config["cluster"].items():
@@ -280,14 +284,24 @@ def make_strategy(requested: str, *, gpus: Sequence[str], task: ClusterTask | No
             cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
             strategy = tf.distribute.MirroredStrategy(devices=cpus)
             if len(cpus) == 1:
-                notes.append(f"mirrored: no GPU and one CPU device, so one replica ({LOGICAL_CPUS_ENV}=N splits the CPU)")
+                notes.append(
+                    f"mirrored: no GPU and one CPU device, so one replica ({LOGICAL_CPUS_ENV}=N splits the CPU)"
+                )
         devices = tuple(strategy.extended.worker_devices)
-        return StrategySetup(requested, name, strategy, replicas=int(strategy.num_replicas_in_sync),
-                             devices=devices, notes=tuple(notes))
+        return StrategySetup(
+            requested, name, strategy, replicas=int(strategy.num_replicas_in_sync), devices=devices, notes=tuple(notes)
+        )
     # MultiWorkerMirroredStrategy reads TF_CONFIG itself; ours was checked above, one line per problem.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    return StrategySetup(requested, name, strategy, replicas=int(strategy.num_replicas_in_sync),
-                         workers=task.num_workers, devices=tuple(strategy.extended.worker_devices), task=task)
+    return StrategySetup(
+        requested,
+        name,
+        strategy,
+        replicas=int(strategy.num_replicas_in_sync),
+        workers=task.num_workers,
+        devices=tuple(strategy.extended.worker_devices),
+        task=task,
+    )
 
 
 def check_workers_agree(setup: StrategySetup, fingerprint: str, *, what: str) -> None:
@@ -312,7 +326,7 @@ def check_workers_agree(setup: StrategySetup, fingerprint: str, *, what: str) ->
         return setup.strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("SUM", values))
 
     sums = setup.strategy.experimental_local_results(summed())[0].numpy()
-    total, total_of_squares = sums[: len(local)], sums[len(local):]
+    total, total_of_squares = sums[: len(local)], sums[len(local) :]
     # All replicas hold the same values exactly when n * sum(v^2) == (sum v)^2 (exact in float64 here).
     if np.any(setup.replicas * total_of_squares != total**2):
         raise UsageError(
@@ -393,7 +407,9 @@ def _symbolic_build_from_local_batch(self, iterator=None, data_batch=None):
         for _, _, batches in iterator:
             batch = next(batches)
             data_batch = tf.nest.map_structure(
-                lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+                lambda v: (
+                    strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                ),
                 batch,
             )
             break

@@ -180,8 +180,15 @@ def train(
     started = time.perf_counter()
     plugin_obj = _plugin_object(plugin)
     _check_options(
-        body_part=body_part, epochs=epochs, patience=patience, batch_size=batch_size, image_size=image_size,
-        lr=lr, max_images=max_images, val_fraction=val_fraction, resize_policy=resize_policy,
+        body_part=body_part,
+        epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        image_size=image_size,
+        lr=lr,
+        max_images=max_images,
+        val_fraction=val_fraction,
+        resize_policy=resize_policy,
     )
     strategy = check_strategy(strategy)
     cluster_task = read_tf_config() if strategy == "multiworker" else None
@@ -215,24 +222,53 @@ def train(
             + f", global batch {distribution.global_batch_size(batch_size)} ({batch_size} per replica), lr {lr:g}"
         )
     options = {
-        "epochs": epochs, "patience": patience, "batch_size": batch_size, "image_size": image_size, "lr": lr,
-        "weights": weights_value, "class_weights": class_weights, "augment": augment, "max_images": max_images,
-        "seed": seed, "val_fraction": val_fraction, "resize_policy": resize_policy, "threshold": THRESHOLD,
-        "strategy": strategy, "cache": str(cache) if cache else None,
+        "epochs": epochs,
+        "patience": patience,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "lr": lr,
+        "weights": weights_value,
+        "class_weights": class_weights,
+        "augment": augment,
+        "max_images": max_images,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "resize_policy": resize_policy,
+        "threshold": THRESHOLD,
+        "strategy": strategy,
+        "cache": str(cache) if cache else None,
     }
     runs = []
     for plan in plans:
         if distribution.is_chief:
             runs.append(
-                _train_one(plan, training_data, Path(out).absolute(), hyper=hyper, options=options, setup=setup,
-                           echo=echo, scan_seconds=scan_seconds, distribution=distribution)
+                _train_one(
+                    plan,
+                    training_data,
+                    Path(out).absolute(),
+                    hyper=hyper,
+                    options=options,
+                    setup=setup,
+                    echo=echo,
+                    scan_seconds=scan_seconds,
+                    distribution=distribution,
+                )
             )
             continue
         # A non-chief worker trains in step with the chief but keeps nothing: its callbacks write
         # (Keras checkpoints must run on every worker) into a scratch folder removed afterwards.
         with tempfile.TemporaryDirectory(prefix="mura-ens-worker-") as scratch:
-            _train_one(plan, training_data, Path(scratch), hyper=hyper, options=options, setup=setup,
-                       echo=echo, scan_seconds=scan_seconds, distribution=distribution)
+            _train_one(
+                plan,
+                training_data,
+                Path(scratch),
+                hyper=hyper,
+                options=options,
+                setup=setup,
+                echo=echo,
+                scan_seconds=scan_seconds,
+                distribution=distribution,
+            )
     if echo:
         if distribution.is_chief:
             echo(f"done in {time.perf_counter() - started:.1f} s: {len(runs)} run folder(s)")
@@ -340,15 +376,29 @@ def plan_runs(
             raise UsageError(f"no training images of {wanted} in {data.source}")
         prefix = name or f"{plugin.name}-{base}"
         return [
-            RunPlan(name=f"{prefix}-{part}", plugin=plugin.name, builder=builder, builder_name=builder.name,
-                    base=base, body_parts=(part,))
+            RunPlan(
+                name=f"{prefix}-{part}",
+                plugin=plugin.name,
+                builder=builder,
+                builder_name=builder.name,
+                base=base,
+                body_parts=(part,),
+            )
             for part in parts
         ]
     if serves and not any(p in present for p in serves):
         raise UsageError(f"no training images of {', '.join(serves)} in {data.source}")
     default_name = plugin.name + (f"-{body_part}" if body_part else "")
-    return [RunPlan(name=name or default_name, plugin=plugin.name, builder=builder, builder_name=builder.name,
-                    base=None, body_parts=serves)]
+    return [
+        RunPlan(
+            name=name or default_name,
+            plugin=plugin.name,
+            builder=builder,
+            builder_name=builder.name,
+            base=None,
+            body_parts=serves,
+        )
+    ]
 
 
 def new_run_dir(out: Path, name: str) -> Path:
@@ -427,8 +477,9 @@ def _plan_rows(plan: RunPlan, data: TrainingData, *, max_images: int | None, see
     return rows
 
 
-def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, setup, echo, scan_seconds,
-               distribution) -> Path | None:
+def _train_one(
+    plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, setup, echo, scan_seconds, distribution
+) -> Path | None:
     from .callbacks import BestCheckpoint, EpochLog
     from .export import float32_model, load_best_model
     from .history import plot_curves
@@ -451,8 +502,9 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
                 for fold, c in counts.items()
             )
         )
-    check_workers_agree(distribution, _run_fingerprint(plan, rows, options, hyper),
-                        what=f"the images, split or options of {plan.name}")
+    check_workers_agree(
+        distribution, _run_fingerprint(plan, rows, options, hyper), what=f"the images, split or options of {plan.name}"
+    )
 
     # Build first: an unusable plugin or offline ImageNet weights fail before any data are decoded.
     keras.backend.clear_session()
@@ -480,8 +532,9 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
     else:
         w_train, w_val = np.ones(len(train_rows), np.float32), np.ones(len(val_rows), np.float32)
     failures = LoadFailures()
-    train_ds, val_ds = fit_datasets(train_rows, w_train, val_rows, w_val, options=options,
-                                    distribution=distribution, failures=failures)
+    train_ds, val_ds = fit_datasets(
+        train_rows, w_train, val_rows, w_val, options=options, distribution=distribution, failures=failures
+    )
 
     def report_failures() -> None:
         if len(failures) and echo:
@@ -493,8 +546,9 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
     log = EpochLog(run_dir / HISTORY_FILE, options["epochs"], echo=echo, on_first_epoch=report_failures)
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=LR_FACTOR, patience=max(1, patience // 2),
-                                          min_lr=MIN_LR, verbose=0),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=LR_FACTOR, patience=max(1, patience // 2), min_lr=MIN_LR, verbose=0
+        ),
         checkpoint,
         log,
     ]
@@ -504,8 +558,14 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
         # steps in epoch 1 and warns when the data end; that end is expected.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         try:
-            model.fit(train_ds, validation_data=val_ds, epochs=options["epochs"], verbose=0, callbacks=callbacks,
-                      shuffle=False)  # the tf.data pipeline shuffles
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=options["epochs"],
+                verbose=0,
+                callbacks=callbacks,
+                shuffle=False,
+            )  # the tf.data pipeline shuffles
         except (ValueError, TypeError) as exc:
             if distribution.name != "multiworker":
                 raise
@@ -544,20 +604,27 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
     timings["evaluate"] = round(time.perf_counter() - tick, 3)
     if echo:
         study = evaluation["study"]["overall"]
-        echo(f"{evaluated_on} (study level, n={study['n']}): kappa {_fmt(study['kappa'])} "
-             f"auc {_fmt(study['auc'])} accuracy {_fmt(study['accuracy'])}")
+        echo(
+            f"{evaluated_on} (study level, n={study['n']}): kappa {_fmt(study['kappa'])} "
+            f"auc {_fmt(study['auc'])} accuracy {_fmt(study['accuracy'])}"
+        )
 
     parity_source = pd.concat([test_rows, val_rows])["path"].tolist()
     from .pipeline import load_batch
 
-    parity_images, parity_paths = load_batch(parity_source, image_size=options["image_size"],
-                                             resize_policy=options["resize_policy"], limit=PARITY_IMAGES)
+    parity_images, parity_paths = load_batch(
+        parity_source, image_size=options["image_size"], resize_policy=options["resize_policy"], limit=PARITY_IMAGES
+    )
     if not len(parity_images):
         raise UsageError(f"{plan.name}: no readable val/test image for the ONNX parity check")
     save_parity_batch(run_dir, parity_images, parity_paths)
     metadata = onnx_metadata(
-        plugin=plan.plugin, model_name=run_dir.name, body_parts=list(plan.body_parts),
-        input_size=options["image_size"], resize_policy=options["resize_policy"], threshold=THRESHOLD,
+        plugin=plan.plugin,
+        model_name=run_dir.name,
+        body_parts=list(plan.body_parts),
+        input_size=options["image_size"],
+        resize_policy=options["resize_policy"],
+        threshold=THRESHOLD,
         base_plugin=plan.base,
     )
     export = export_model(best, run_dir / MODEL_FILE, metadata=metadata, parity_images=parity_images)
@@ -580,8 +647,13 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
         "threshold": THRESHOLD,
         "onnx_max_abs_diff": export["onnx_max_abs_diff"],
         "onnx_metadata": metadata,
-        "config": {"plugin": plan.plugin, "base": plan.base, "body_parts": list(plan.body_parts),
-                   "params": hyper, **options},
+        "config": {
+            "plugin": plan.plugin,
+            "base": plan.base,
+            "body_parts": list(plan.body_parts),
+            "params": hyper,
+            **options,
+        },
         "data": {
             "source": data.source,
             "manifest_sha256": data.manifest_sha256,
@@ -618,8 +690,16 @@ def _train_one(plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, 
     return run_dir
 
 
-def fit_datasets(train_rows: pd.DataFrame, train_weights, val_rows: pd.DataFrame, val_weights, *,
-                 options: Mapping[str, Any], distribution, failures) -> tuple[Any, Any]:
+def fit_datasets(
+    train_rows: pd.DataFrame,
+    train_weights,
+    val_rows: pd.DataFrame,
+    val_weights,
+    *,
+    options: Mapping[str, Any],
+    distribution,
+    failures,
+) -> tuple[Any, Any]:
     """The training and validation streams ``fit`` reads, for the run's strategy.
 
     Batches have the global size (``batch_size`` x replicas); ``fit`` splits
@@ -635,13 +715,20 @@ def fit_datasets(train_rows: pd.DataFrame, train_weights, val_rows: pd.DataFrame
         from .cache import ImageCache
 
         paths = list(dict.fromkeys([*train_rows["path"].astype(str), *val_rows["path"].astype(str)]))
-        cache = ImageCache.open(options["cache"], paths, image_size=options["image_size"],
-                                resize_policy=options["resize_policy"])
-    common = dict(image_size=options["image_size"], resize_policy=options["resize_policy"],
-                  batch_size=distribution.global_batch_size(options["batch_size"]), failures=failures,
-                  deterministic=True if distribution.workers > 1 else None, cache=cache)
-    train_ds = training_dataset(train_rows, train_weights, shuffle=True, augment=options["augment"],
-                                seed=options["seed"], **common)
+        cache = ImageCache.open(
+            options["cache"], paths, image_size=options["image_size"], resize_policy=options["resize_policy"]
+        )
+    common = dict(
+        image_size=options["image_size"],
+        resize_policy=options["resize_policy"],
+        batch_size=distribution.global_batch_size(options["batch_size"]),
+        failures=failures,
+        deterministic=True if distribution.workers > 1 else None,
+        cache=cache,
+    )
+    train_ds = training_dataset(
+        train_rows, train_weights, shuffle=True, augment=options["augment"], seed=options["seed"], **common
+    )
     val_ds = training_dataset(val_rows, val_weights, shuffle=False, augment=False, seed=options["seed"], **common)
     dataset_options = distribution.dataset_options()
     if dataset_options is not None:
@@ -653,10 +740,25 @@ def _run_fingerprint(plan: RunPlan, rows: pd.DataFrame, options: Mapping[str, An
     """What every worker of a cluster must agree on: the rows in order (by study key and file name,
     not by mount point), their labels and folds, the options and the hyper-parameters."""
     names = rows["path"].map(lambda path: os.path.basename(str(path)))
-    table = pd.DataFrame({"study": rows["study"].astype(str), "name": names, "label": rows["label"].astype(str),
-                          "fold": rows["fold"].astype(str)})
-    return json.dumps({"plan": plan.name, "builder": plan.builder_name, "options": dict(options),
-                       "hyper": dict(hyper), "rows": table.to_csv(index=False)}, sort_keys=True, default=str)
+    table = pd.DataFrame(
+        {
+            "study": rows["study"].astype(str),
+            "name": names,
+            "label": rows["label"].astype(str),
+            "fold": rows["fold"].astype(str),
+        }
+    )
+    return json.dumps(
+        {
+            "plan": plan.name,
+            "builder": plan.builder_name,
+            "options": dict(options),
+            "hyper": dict(hyper),
+            "rows": table.to_csv(index=False),
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 def evaluate_fold(model, rows: pd.DataFrame, options: Mapping[str, Any], failures) -> tuple[dict, list[str]]:
@@ -664,13 +766,20 @@ def evaluate_fold(model, rows: pd.DataFrame, options: Mapping[str, Any], failure
     from ..metrics import evaluate_predictions
     from .pipeline import predict_paths
 
-    prob, ok = predict_paths(model, rows["path"].tolist(), image_size=options["image_size"],
-                             resize_policy=options["resize_policy"], batch_size=options["batch_size"],
-                             failures=failures)
+    prob, ok = predict_paths(
+        model,
+        rows["path"].tolist(),
+        image_size=options["image_size"],
+        resize_policy=options["resize_policy"],
+        batch_size=options["batch_size"],
+        failures=failures,
+    )
     failed = failures.as_dict()
     frame = rows.loc[:, ["path", "study", "patient", "body_part", "label"]].copy()
     frame["prob"] = prob
-    frame["status"] = ["ok" if good else failed.get(path, "unreadable") for path, good in zip(frame["path"], ok, strict=True)]
+    frame["status"] = [
+        "ok" if good else failed.get(path, "unreadable") for path, good in zip(frame["path"], ok, strict=True)
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         metrics = evaluate_predictions(frame, threshold=THRESHOLD, seed=int(options["seed"]))
@@ -682,7 +791,17 @@ def library_versions(plugin: Any = None) -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": platform.python_version(), "mura_ens": __version__}
-    for package in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "pandas", "pillow", "scikit-learn"):
+    for package in (
+        "tensorflow",
+        "keras",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+        "pandas",
+        "pillow",
+        "scikit-learn",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
