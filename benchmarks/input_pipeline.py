@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     alternate,
     base_parser,
     header,
@@ -78,7 +78,7 @@ def epoch_rate(dataset, n_images: int) -> float:
     """Images/s of one full pass over ``dataset`` (the batches are materialised, nothing else)."""
     start = time.perf_counter()
     seen = 0
-    for images, labels, weights in dataset:
+    for images, _labels, _weights in dataset:
         seen += int(images.shape[0])
     elapsed = time.perf_counter() - start
     if seen != n_images:

@@ -41,6 +41,7 @@ the fp32 and int8 models are compared on the synthetic test split:
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import shutil
@@ -51,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     alternate,
     base_parser,
     header,
@@ -181,10 +182,14 @@ def e2e_measures(name: str, fp32: Path, int8: Path, folders: dict[int, Path], wo
 
     note(f"{name}: e2e command: {' '.join(command(fp32, 'fp32', large))}")
     return {
-        f"e2e_{key}_{n}": (lambda c=command(path, key, n): run_measured(c)[0])
+        f"e2e_{key}_{n}": functools.partial(_first_measure, command(path, key, n))
         for key, path in (("fp32", fp32), ("int8", int8))
         for n in (small, large)
     }
+
+
+def _first_measure(cmd: list[str]):
+    return run_measured(cmd)[0]
 
 
 def measure_model(

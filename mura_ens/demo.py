@@ -12,12 +12,12 @@ Training imports TensorFlow; scoring does not.
 from __future__ import annotations
 
 import shutil
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from . import console
 from .errors import UsageError
 
 #: Marker file: a folder holding it was made by the demo and may be rebuilt by it.
@@ -70,10 +70,6 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _echo(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _prepare_out(out: Path) -> None:
     """Create ``out``, or clear an earlier demo's output there; never delete a folder the demo did not make."""
     if out.exists():
@@ -92,7 +88,7 @@ def run_demo(
     *,
     quick: bool = False,
     seed: int = 0,
-    echo: Callable[[str], None] | None = _echo,
+    echo: Callable[[str], None] | None = console.echo,
     progress: bool | None = None,
 ) -> DemoResult:
     """Run synth → train (custom_cnn + specialists) → export → score on ``out``; return paths and results."""

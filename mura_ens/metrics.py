@@ -19,7 +19,8 @@ probabilities (:func:`study_probabilities`), as in the MURA paper.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -131,7 +131,7 @@ class _Graph:
 
             try:
                 inferred = onnx.shape_inference.infer_shapes(_skeleton(self.model), strict_mode=False)
-            except Exception:  # noqa: BLE001 - shapes are a hint; without them nothing is rewritten
+            except Exception:
                 inferred = self.model
             self._shapes = {}
             for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):

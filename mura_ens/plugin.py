@@ -24,7 +24,8 @@ the model as layers, so the exported ONNX graph takes raw resized pixels.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .constants import BODY_PARTS
 from .errors import PluginError

@@ -34,9 +34,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -145,7 +146,7 @@ def quantize_model(
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     try:
         model = onnx.load(str(fp32_path))
-    except Exception as exc:  # noqa: BLE001 - protobuf/IO errors of a bad file
+    except Exception as exc:
         raise ModelError(f"{fp32_path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     props = dict(metadata) if metadata is not None else {p.key: p.value for p in model.metadata_props}
     initializers = {t.name for t in model.graph.initializer}
@@ -462,7 +463,7 @@ def quantize_run(
     run folder, data that cannot be found or differ from the training data,
     or no loadable training image.
     """
-    from datetime import datetime, timezone
+    from datetime import datetime
     from importlib import metadata as importlib_metadata
 
     from .io import atomic_write_json
@@ -506,7 +507,7 @@ def quantize_run(
         },
         "graph_rewrite": result.graph_rewrite,
         "seconds": result.seconds,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {pkg: _version(importlib_metadata, pkg) for pkg in ("onnxruntime", "onnx")},
     }
     if evaluate:

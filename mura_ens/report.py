@@ -21,8 +21,9 @@ import io
 import json
 import math
 import platform
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -201,7 +202,7 @@ def render_report(
 def _header(title, studies, images, failed, threshold, provenance, model_names) -> str:
     # Day only unless the caller gives a date: a resumed run then writes the
     # same report as an uninterrupted one.
-    date = provenance.get("date") or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    date = provenance.get("date") or _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
     n_images = len(images)
     ok_images = int(_is_ok(images).sum()) if n_images else 0
     probs = _numeric(studies, "prob")

@@ -22,11 +22,24 @@ The fixture returns the summary dict of
 - ``synth_small["counts"][split][part]`` and ``synth_small["totals"][split]``.
 
 Treat the tree as read-only: it is shared by every test of the session.
+
+``tiny_models`` (session scope) is the standard set of tiny ONNX models built by
+``tests/fixtures/make_tiny_models.py`` (no TensorFlow); helpers to make trees and read
+outputs live in ``tests/scoring_fixtures.py``.
+
+``fake_plugin`` registers a tiny fake plugin for one test and unregisters it after;
+``fresh_registry`` rescans the entry points before and after a test.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from fakes import FakePlugin
+from scoring_fixtures import tiny
+
+from mura_ens import registry
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +49,25 @@ def synth_small(tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("synth_small")
     return make_synthetic_mura(out, studies_per_part=6, size=64, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """The standard tiny model set, built once per test session."""
+    return tiny.make_tiny_model_set(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture
+def fake_plugin():
+    """Register FakePlugin for one test, like simonw/llm's conftest registers its mock models."""
+    plugin = registry.register(FakePlugin())
+    yield plugin
+    registry.unregister(plugin.name)
+
+
+@pytest.fixture
+def fresh_registry():
+    """Rescan entry points before and after the test (for tests that change sys.path or the environment)."""
+    registry.refresh()
+    yield
+    registry.refresh()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 _SCRIPT = Path(__file__).parent / "fixtures" / "make_tiny_models.py"
@@ -23,12 +22,6 @@ sys.modules.setdefault("make_tiny_models", tiny)  # dataclasses look their modul
 _spec.loader.exec_module(tiny)
 
 TINY = {s.name: s for s in tiny.STANDARD}
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """The standard tiny model set, built once per test session."""
-    return tiny.make_tiny_model_set(tmp_path_factory.mktemp("tiny_models"))
 
 
 def write_png(path: Path, pixels: np.ndarray) -> Path:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from mura_ens.cli.main import main
 from test_quantize import run_dir  # noqa: F401  (fixture: model.onnx + card.json, no best.keras)
+
+from mura_ens.cli.main import main
 
 
 def test_export_quantize_int8_from_model_onnx(run_dir, capsys):  # noqa: F811

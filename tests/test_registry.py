@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakes import FakePlugin
 
 from mura_ens import registry
 from mura_ens.cli.main import main
 from mura_ens.errors import PluginError
-from mura_ens.plugin import GENERALIST, SPECIALIST_FAMILY, Plugin, parse_param_strings, resolve_params
+from mura_ens.plugin import GENERALIST, SPECIALIST_FAMILY, parse_param_strings, resolve_params
 
 BUILTINS = {
     "custom_cnn": ("mura-ens-custom-cnn", GENERALIST),
@@ -23,34 +24,6 @@ BUILTINS = {
 }
 FIXTURES = Path(__file__).parent / "fixtures" / "third_party_plugin"
 VENV_BIN = Path(sys.executable).parent
-
-
-class FakePlugin(Plugin):
-    name = "fake_net"
-    description = "A fake plugin registered by a fixture"
-    body_parts = ("XR_HAND",)
-    defaults = {"width": 8, "rate": 0.5, "flag": True, "mode": "a"}
-    choices = {"mode": ("a", "b")}
-    default_input_size = 48
-
-    def build(self, config):  # pragma: no cover - never built here
-        raise AssertionError("not built in registry tests")
-
-
-@pytest.fixture
-def fake_plugin():
-    """Register FakePlugin for one test, like simonw/llm's conftest registers its mock models."""
-    plugin = registry.register(FakePlugin())
-    yield plugin
-    registry.unregister(plugin.name)
-
-
-@pytest.fixture
-def fresh_registry():
-    """Rescan entry points before and after the test (for tests that change sys.path or the environment)."""
-    registry.refresh()
-    yield
-    registry.refresh()
 
 
 def test_builtins_are_found_through_entry_points():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import re
 import time
-import warnings
 from html.parser import HTMLParser
 
 import numpy as np

@@ -7,19 +7,18 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-
-from mura_ens.errors import ManifestError, UsageError
-from mura_ens.metrics import UndefinedMetricWarning
-from mura_ens.scoring.score import score
-from scoring_fixtures import (  # noqa: F401
+from scoring_fixtures import (
     png_claiming_size,
     random_image,
     read_images,
     read_studies,
     study_folder,
-    tiny_models,
     write_png,
 )
+
+from mura_ens.errors import ManifestError, UsageError
+from mura_ens.metrics import UndefinedMetricWarning
+from mura_ens.scoring.score import score
 
 
 @pytest.fixture(scope="module")

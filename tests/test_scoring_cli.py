@@ -9,10 +9,10 @@ import sys
 import textwrap
 
 import pytest
+from scoring_fixtures import ENSEMBLE_LAYOUT, make_tree
 
 from mura_ens.cli.main import main
 from mura_ens.scoring.score import score
-from scoring_fixtures import ENSEMBLE_LAYOUT, make_tree, tiny_models  # noqa: F401
 
 
 @pytest.fixture(scope="module")

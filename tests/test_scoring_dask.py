@@ -22,23 +22,23 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
+from scoring_fixtures import make_tree
 
 from mura_ens.cli.main import main
 from mura_ens.errors import ModelError, UsageError
 from mura_ens.scoring import journal as journal_module
 from mura_ens.scoring.backends import make_backend
 from mura_ens.scoring.dask_backend import (
+    _SHIPPED,
     SCHEDULER_ENV,
     DaskBackend,
     ShipModel,
-    _SHIPPED,
     resolve_scheduler,
     run_batch,
 )
 from mura_ens.scoring.models import load_models
 from mura_ens.scoring.runner import ImageTask, RunnerConfig, plan_batches, score_batch
 from mura_ens.scoring.score import TEST_BATCH_DELAY_ENV, score
-from scoring_fixtures import make_tree, tiny_models  # noqa: F401
 
 OUTPUTS = ("images.csv", "studies.csv", "metrics.json")
 PARTS = ["XR_HAND", "XR_WRIST", "XR_SHOULDER"]

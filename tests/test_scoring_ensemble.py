@@ -6,12 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
-
-from mura_ens.errors import UsageError
-from mura_ens.scoring import ensemble as ens
-from mura_ens.scoring.models import load_model_spec
-from mura_ens.scoring.score import score
 from scoring_fixtures import (
     ENSEMBLE_LAYOUT,
     TINY,
@@ -20,8 +14,13 @@ from scoring_fixtures import (
     read_images,
     read_studies,
     tiny,
-    tiny_models,
-)  # noqa: F401
+)
+from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
+
+from mura_ens.errors import UsageError
+from mura_ens.scoring import ensemble as ens
+from mura_ens.scoring.models import load_model_spec
+from mura_ens.scoring.score import score
 
 SERVES = {
     "gen_a": None,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from scoring_fixtures import TINY, expected_prob, make_tree, tiny
 
 from mura_ens.errors import ModelError, UsageError
 from mura_ens.scoring import models as M
 from mura_ens.scoring import sessions as S
 from mura_ens.scoring.runner import ImageTask, RunnerConfig, plan_batches, score_batch
-from scoring_fixtures import TINY, expected_prob, make_tree, tiny, tiny_models  # noqa: F401
 
 
 def test_discovery_is_recursive_sorted_and_reads_metadata(tiny_models):

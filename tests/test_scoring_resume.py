@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from scoring_fixtures import make_tree
 
 from mura_ens.errors import UsageError
 from mura_ens.scoring import journal as journal_module
 from mura_ens.scoring.score import TEST_BATCH_DELAY_ENV, score
-from scoring_fixtures import make_tree, tiny_models  # noqa: F401
 
 OUTPUTS = ("images.csv", "studies.csv", "metrics.json")
 N_STUDIES = 36

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,7 +20,7 @@ def demo_command(
     ] = False,
     seed: Annotated[int, typer.Option(metavar="K", help="Seed of the synthetic data and of training.")] = 0,
     progress: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--progress/--no-progress", help="Scoring progress bar (default: only on a terminal)."),
     ] = None,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,7 @@ def export_command(
         Path, typer.Argument(help="A run folder written by 'mura-ens train' (holds best.keras and card.json).")
     ],
     quantize: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             metavar="int8",
             help="Write model.int8.onnx from the run's model.onnx by ONNX Runtime static quantization "
@@ -28,7 +28,7 @@ def export_command(
     ] = None,
     calibration_images: Annotated[int, typer.Option(metavar="N", help="Training images used to calibrate int8.")] = 200,
     data: Annotated[
-        Optional[Path], typer.Option(metavar="SOURCE", help="The training data, when it moved since training.")
+        Path | None, typer.Option(metavar="SOURCE", help="The training data, when it moved since training.")
     ] = None,
     reexport: Annotated[
         bool, typer.Option("--reexport", help="With --quantize: re-export model.onnx from best.keras first.")

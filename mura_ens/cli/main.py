@@ -7,10 +7,10 @@ import sys
 
 from ..constants import DEBUG_ENV
 from ..errors import ManifestError, RunFailed, UsageError
-from ._app import app
 
 # Importing a command module registers its command on ``app``.
-from . import synth, manifest, evaluate, plugins, train, export, score, demo  # noqa: E402,F401
+from . import demo, evaluate, export, manifest, plugins, score, synth, train  # noqa: F401
+from ._app import app
 
 
 def _debug() -> bool:

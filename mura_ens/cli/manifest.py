@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,7 +23,7 @@ def manifest_command(
         "manifest.csv"
     ),
     root: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--root", help="Folder the official CSV paths are relative to (the one holding MURA-v1.1/)."),
     ] = None,
 ) -> None:

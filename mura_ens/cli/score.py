@@ -7,7 +7,7 @@ happen inside the command so that ``mura-ens --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,10 +23,10 @@ def score_command(
         ),
     ],
     models: Annotated[
-        Optional[Path], typer.Option("--models", metavar="DIR", help="Folder searched recursively for *.onnx models.")
+        Path | None, typer.Option("--models", metavar="DIR", help="Folder searched recursively for *.onnx models.")
     ] = None,
     model: Annotated[
-        Optional[list[Path]], typer.Option("--model", metavar="FILE", help="One ONNX model file (repeatable).")
+        list[Path] | None, typer.Option("--model", metavar="FILE", help="One ONNX model file (repeatable).")
     ] = None,
     ensemble: Annotated[
         str,
@@ -38,14 +38,14 @@ def score_command(
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")] = Path("results"),
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Images per inference call.")] = 32,
     workers: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             metavar="N",
             help="Decode threads (default: CPUs, at most 4); with --backend dask and no scheduler: local worker processes (default: one per CPU).",
         ),
     ] = None,
     threshold: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(metavar="P", help="Decision threshold (default: the models' own if they agree, else 0.5)."),
     ] = None,
     resume: Annotated[
@@ -53,7 +53,7 @@ def score_command(
         typer.Option("--resume", help="Continue the interrupted run in --out without re-scoring finished studies."),
     ] = False,
     providers: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--providers",
             metavar="NAMES",
@@ -64,14 +64,14 @@ def score_command(
         str, typer.Option(metavar="fp32|int8", help="fp32 or int8: which model file of each run folder to use.")
     ] = "fp32",
     progress: Annotated[
-        Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: only on a terminal).")
+        bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: only on a terminal).")
     ] = None,
     backend: Annotated[
         str,
         typer.Option(metavar="local|dask", help="local: this machine; dask: a Dask cluster (needs the [dask] extra)."),
     ] = "local",
     scheduler: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             metavar="ADDRESS",
             help="Dask scheduler, e.g. tcp://host:8786, or a scheduler file (default: $DASK_SCHEDULER_ADDRESS; neither: a local cluster).",

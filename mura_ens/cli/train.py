@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,7 +16,7 @@ def train_command(
         ..., "--data", help="MURA-layout folder, folder with the official CSVs, or manifest CSV."
     ),
     out: Path = typer.Option(..., "--out", help="Folder that receives one run folder per model."),
-    body_part: Optional[str] = typer.Option(None, "--body-part", help="Train on one body part only, e.g. XR_WRIST."),
+    body_part: str | None = typer.Option(None, "--body-part", help="Train on one body part only, e.g. XR_WRIST."),
     epochs: int = typer.Option(100, "--epochs", help="Maximum number of epochs."),
     patience: int = typer.Option(10, "--patience", help="Early stopping patience on val_loss (epochs)."),
     batch_size: int = typer.Option(
@@ -25,40 +24,38 @@ def train_command(
         "--batch-size",
         help="Images per step and replica: a step takes batch-size x replicas images (global batch).",
     ),
-    image_size: Optional[int] = typer.Option(
+    image_size: int | None = typer.Option(
         None, "--image-size", help="Square input side in pixels [default: the plugin's, e.g. 256]."
     ),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate, used as given whatever the number of replicas."),
-    weights: Optional[str] = typer.Option(
+    weights: str | None = typer.Option(
         None, "--weights", help="imagenet | none | PATH to a local .h5/.weights.h5 file [default: the plugin's]."
     ),
     class_weights: bool = typer.Option(
         True, "--class-weights/--no-class-weights", help="MURA per-body-part class weights."
     ),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flips and rotations (+-30 deg)."),
-    max_images: Optional[int] = typer.Option(None, "--max-images", help="At most N images per fold (whole studies)."),
+    max_images: int | None = typer.Option(None, "--max-images", help="At most N images per fold (whole studies)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the initialisation and the shuffling."),
     val_fraction: float = typer.Option(
         0.2, "--val-fraction", help="Share of training studies held out for validation (by patient)."
     ),
-    param: Optional[list[str]] = typer.Option(
+    param: list[str] | None = typer.Option(
         None, "--param", "-p", help="Plugin hyper-parameter key=value (repeatable)."
     ),
-    base: Optional[str] = typer.Option(
-        None, "--base", help="Base plugin of a specialist family [default: custom_cnn]."
-    ),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name [default: the plugin name, plus the body part]."),
+    base: str | None = typer.Option(None, "--base", help="Base plugin of a specialist family [default: custom_cnn]."),
+    name: str | None = typer.Option(None, "--name", help="Run name [default: the plugin name, plus the body part]."),
     resize_policy: str = typer.Option("stretch", "--resize-policy", help="stretch (as the MURA paper) or pad."),
-    cache: Optional[Path] = typer.Option(
+    cache: Path | None = typer.Option(
         None,
         "--cache",
         metavar="DIR",
         help="Store decoded, resized images in DIR (memory-mapped) so later epochs and runs skip PNG decoding.",
     ),
-    mixed_precision: Optional[bool] = typer.Option(
+    mixed_precision: bool | None = typer.Option(
         None, "--mixed-precision/--no-mixed-precision", help="float16 compute [default: on with a GPU, off on CPU]."
     ),
-    xla: Optional[bool] = typer.Option(
+    xla: bool | None = typer.Option(
         None, "--xla/--no-xla", help="XLA compilation [default: on with a GPU, off on CPU]."
     ),
     strategy: str = typer.Option(

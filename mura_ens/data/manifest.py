@@ -82,9 +82,9 @@ def read_manifest(path: str | os.PathLike, *, root: str | os.PathLike | None = N
     except pd.errors.EmptyDataError:
         raise ManifestError(
             f"{path}", ["the file is empty (expected a header row: " + ",".join(MANIFEST_COLUMNS) + ")"]
-        )
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise ManifestError(f"{path}", [f"cannot parse the CSV: {str(exc).strip().splitlines()[0]}"])
+        raise ManifestError(f"{path}", [f"cannot parse the CSV: {str(exc).strip().splitlines()[0]}"]) from exc
     raw.columns = [str(c).strip() for c in raw.columns]
     base = Path(root).expanduser() if root is not None else path.parent
     problems = validate_manifest(raw, path, base=base)

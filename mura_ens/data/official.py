@@ -148,7 +148,7 @@ def read_studies_csv(path: str | os.PathLike) -> list[tuple[str, int]]:
     if rows and (len(rows[0]) < 2 or rows[0][1].strip() not in ("0", "1")):
         rows = rows[1:]
     pairs = []
-    for number, row in enumerate(rows, start=1):
+    for row in rows:
         if not row or not row[0].strip():
             continue
         label = row[1].strip() if len(row) > 1 else ""

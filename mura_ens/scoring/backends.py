@@ -11,8 +11,9 @@ backend only has to run :func:`~mura_ens.scoring.runner.score_batch` remotely:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator, Protocol
+from typing import Protocol
 
 from .runner import ImageTask, RunnerConfig, infer_batch, prepare_batch
 

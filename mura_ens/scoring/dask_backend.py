@@ -44,9 +44,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 from distributed import Client, KilledWorker, LocalCluster, as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin

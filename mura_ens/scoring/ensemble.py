@@ -20,7 +20,7 @@ is computed the first way, as defined above.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

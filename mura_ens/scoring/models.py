@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..constants import BODY_PARTS
 from ..errors import ModelError, UsageError

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 #: ``advance(n_images, n_studies)`` is called once per finished batch.
 Advance = Callable[[int, int], None]

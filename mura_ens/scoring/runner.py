@@ -17,8 +17,8 @@ and only when ``status == "ok"``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def prepare_batch(tasks: Sequence[ImageTask], config: RunnerConfig) -> PreparedB
         except ImageError as exc:
             row["status"], row["error"] = exc.status, exc.detail or str(exc)
             continue
-        except Exception as exc:  # noqa: BLE001 - a bad image must never stop the run
+        except Exception as exc:
             row["status"], row["error"] = "unreadable", f"{type(exc).__name__}: {exc}"
             continue
         for key, pixels in resized.items():

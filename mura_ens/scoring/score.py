@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..io import atomic_write_csv, atomic_write_json
@@ -53,8 +54,8 @@ BOOTSTRAP_SEED = 0
 class ScoreResult:
     """What a scoring run produced: the two tables, the metrics and where the files are."""
 
-    images: "pd.DataFrame"  # the rows of images.csv
-    studies: "pd.DataFrame"  # the rows of studies.csv
+    images: pd.DataFrame  # the rows of images.csv
+    studies: pd.DataFrame  # the rows of studies.csv
     metrics: dict | None
     models: list[ModelSpec]
     ensemble: str
@@ -372,7 +373,7 @@ def scoring_metrics(images, studies, models: Sequence[ModelSpec], *, threshold: 
     """
     import warnings
 
-    from ..metrics import UndefinedMetricWarning, grouped_metrics
+    from ..metrics import UndefinedMetricWarning
 
     images = images.loc[images["counted"]] if "counted" in images.columns else images
     options = dict(threshold=threshold, n_bootstrap=N_BOOTSTRAP, ci=CI, seed=BOOTSTRAP_SEED)

@@ -9,7 +9,8 @@ optional MLP head and a sigmoid unit together.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 #: ``keras.applications.imagenet_utils.preprocess_input`` constants (RGB order).
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)

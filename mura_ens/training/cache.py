@@ -24,8 +24,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -74,7 +74,7 @@ class ImageCache:
     @classmethod
     def open(
         cls, cache_dir: str | os.PathLike, paths: Sequence[str], *, image_size: int, resize_policy: str = "stretch"
-    ) -> "ImageCache":
+    ) -> ImageCache:
         """The cache entry of ``paths`` at ``image_size`` / ``resize_policy`` under ``cache_dir``, created if new.
 
         A new entry is built in a temporary folder and renamed into place, so
@@ -166,7 +166,7 @@ class ImageCache:
             except ImageError as exc:
                 if failures is not None:
                     failures.add(path, exc.status)
-            except Exception as exc:  # noqa: BLE001 - a bad image must never crash training
+            except Exception as exc:
                 if failures is not None:
                     failures.add(path, f"unreadable ({type(exc).__name__})")
             return np.zeros((size, size, 3), dtype=np.uint8), np.bool_(False)

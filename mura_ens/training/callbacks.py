@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -83,7 +83,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 def _current_lr(model) -> float:
     try:
         return float(np.asarray(model.optimizer.learning_rate))
-    except Exception:  # noqa: BLE001 - a schedule or an unusual optimizer: not worth failing for
+    except Exception:
         return math.nan
 
 

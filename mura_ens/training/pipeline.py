@@ -58,7 +58,7 @@ def _numpy_loader(size: int, policy: str, failures: LoadFailures):
             return load_image(path, size, policy), np.bool_(True)
         except ImageError as exc:
             failures.add(path, exc.status)
-        except Exception as exc:  # noqa: BLE001 - a bad image must never crash training
+        except Exception as exc:
             failures.add(path, f"unreadable ({type(exc).__name__})")
         return np.zeros((size, size, 3), dtype=np.uint8), np.bool_(False)
 

@@ -24,8 +24,9 @@ import json
 import os
 import re
 import types
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import UsageError
 

@@ -37,8 +37,8 @@ def import_tensorflow():
         return tf, keras
     try:
         with _stderr_silenced(os.environ.get("MURA_ENS_DEBUG", "") in ("", "0")):
-            import tensorflow as tf
             import keras
+            import tensorflow as tf
     except ImportError as exc:
         raise MissingExtraError(f"training and export ({exc.name or exc})", "train") from exc
     tf.get_logger().setLevel(logging.ERROR)

@@ -24,28 +24,21 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .. import __version__
+from .. import __version__, console
 from ..constants import BODY_PARTS
 from ..errors import PluginError, RunFailed, UsageError
 from ..io import atomic_write_json
 from ..plugin import GENERALIST, SPECIALIST_FAMILY, WEIGHTS_CHOICES, check_plugin, parse_param_strings, resolve_params
 from .class_weights import class_weight_table, sample_weights
 from .data import TrainingData, fold_counts, limit_images, load_training_data, select_parts
-from .strategy import (
-    KERAS_MULTIWORKER_ISSUE,
-    check_strategy,
-    check_workers_agree,
-    make_strategy,
-    prepare_model,
-    read_tf_config,
-)
 from .export import (
     BEST_FILE,
     CARD_FILE,
@@ -53,6 +46,14 @@ from .export import (
     export_model,
     onnx_metadata,
     save_parity_batch,
+)
+from .strategy import (
+    KERAS_MULTIWORKER_ISSUE,
+    check_strategy,
+    check_workers_agree,
+    make_strategy,
+    prepare_model,
+    read_tf_config,
 )
 
 THRESHOLD = 0.5
@@ -74,10 +75,6 @@ class RunPlan:
     builder_name: str
     base: str | None
     body_parts: tuple[str, ...]  # parts the model serves; () = all
-
-
-def _echo(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def train(
@@ -176,7 +173,7 @@ def train(
         ``--weights imagenet``; :class:`~mura_ens.training.export.ParityError`
         when the ONNX export disagrees with Keras.
     """
-    echo: Callable[[str], None] | None = _echo if progress else None
+    echo: Callable[[str], None] | None = console.echo if progress else None
     started = time.perf_counter()
     plugin_obj = _plugin_object(plugin)
     _check_options(
@@ -432,7 +429,7 @@ def build_model(plugin: Any, config: Mapping[str, Any], *, plugin_name: str | No
             model = plugin.build(dict(config))
     except UsageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - plugin code is foreign; report it in one line
+    except Exception as exc:
         if config.get("weights") == "imagenet" and _is_download_failure(exc):
             raise UsageError(
                 f"cannot download the ImageNet weights for {name} (no network?): "

@@ -8,7 +8,8 @@ then one sigmoid unit. Pixels are rescaled by 1/255 inside the model.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mura_ens.plugin import Plugin
 

@@ -7,7 +7,8 @@ index (606 of 707 was the seed study's best).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mura_ens.plugin import Plugin
 

@@ -8,7 +8,8 @@ the conv5 stage and later train).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mura_ens.plugin import Plugin
 
