@@ -157,6 +157,17 @@ def limit_images(frame: pd.DataFrame, max_images: int | None, *, seed: int = 0) 
     return pd.concat(keep) if keep else frame.iloc[:0]
 
 
+def model_rows(
+    frame: pd.DataFrame, body_parts: tuple[str, ...] | list[str] | None, max_images: int | None, *, seed: int = 0
+) -> pd.DataFrame:
+    """The rows (with ``fold``) one model of a run uses: its body parts, then the ``max_images`` cap.
+
+    The one definition of a run's folds: training uses it, and int8 calibration re-derives
+    the same rows from ``card.json`` with it.
+    """
+    return limit_images(select_parts(frame, tuple(body_parts or ())), max_images, seed=seed)
+
+
 def fold_counts(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Per fold: images, studies, patients and abnormal/normal images and studies."""
     counts: dict[str, dict[str, int]] = {}
