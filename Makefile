@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test lint clean
 
 venv: $(STAMP)
 
@@ -22,8 +22,14 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 demo: $(STAMP)
 	$(VENV)/bin/mura-ens demo --out demo-out
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# The gate CI runs before the tests: lint, formatting, types. Any finding fails the run.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) demo-out
