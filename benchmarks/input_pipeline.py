@@ -18,9 +18,15 @@ On a folder of MURA-like 512-px PNGs (grayscale and RGB), at 256 px, batch 16:
 The same two pipelines without augmentation (``--no-augment`` training, and
 what validation batches cost) show the decode side alone.
 
+- ``tfdata_free_order_img_s`` (and ``*_no_augment``): the training pipeline
+  with ``StreamSettings(deterministic=False)``, i.e. the parallel decode hands
+  images over as they finish instead of in the seeded order. Training uses
+  ``deterministic=True`` (reproducible seeded runs); this is what it costs.
+
 Ratios: ``tfdata_per_core_vs_pillow`` and ``cache_epoch2_speedup`` (cached
 epoch 2 vs an uncached epoch, alternated in the same run), and both again
-``*_no_augment``.
+``*_no_augment``; ``deterministic_vs_free_order`` (and ``*_no_augment``): the
+seeded order's speed relative to the free order (1.0 = no cost).
 """
 
 from __future__ import annotations
@@ -54,23 +60,27 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def make_dataset(frame, *, size: int, batch_size: int, cache=None, augment: bool = True):
+def make_dataset(frame, *, size: int, batch_size: int, cache=None, augment: bool = True, deterministic: bool = True):
     """The training pipeline (``training_dataset``) over ``frame``; with ``cache``, reading through the ImageCache."""
     import numpy as np
 
     from mura_ens.training import pipeline
 
-    return pipeline.training_dataset(
-        frame,
-        np.ones(len(frame), np.float32),
+    settings = pipeline.StreamSettings(
         image_size=size,
         resize_policy="stretch",
         batch_size=batch_size,
+        seed=0,
+        deterministic=deterministic,
+        cache=cache,
+    )
+    return pipeline.training_dataset(
+        frame,
+        np.ones(len(frame), np.float32),
+        settings,
         failures=pipeline.LoadFailures(),
         shuffle=True,
         augment=augment,
-        seed=0,
-        cache=cache,
     )
 
 
@@ -134,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     plain_dataset = make_dataset(frame, size=size, batch_size=args.batch_size)
     plain_noaug = make_dataset(frame, size=size, batch_size=args.batch_size, augment=False)
     cached_noaug = make_dataset(frame, size=size, batch_size=args.batch_size, cache=cache, augment=False)
-    for dataset in (plain_dataset, plain_noaug, cached_noaug):
+    free = make_dataset(frame, size=size, batch_size=args.batch_size, deterministic=False)
+    free_noaug = make_dataset(frame, size=size, batch_size=args.batch_size, augment=False, deterministic=False)
+    for dataset in (plain_dataset, plain_noaug, cached_noaug, free, free_noaug):
         epoch_rate(dataset, len(paths))  # warm-up: graph tracing, file cache
     values = alternate(
         {
@@ -143,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             "cached": lambda: epoch_rate(cached_dataset, len(paths)),
             "tfdata_noaug": lambda: epoch_rate(plain_noaug, len(paths)),
             "cached_noaug": lambda: epoch_rate(cached_noaug, len(paths)),
+            "free": lambda: epoch_rate(free, len(paths)),
+            "free_noaug": lambda: epoch_rate(free_noaug, len(paths)),
         },
         repeats,
     )
@@ -155,10 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     result("cached_epoch2_img_s", rates["cached"], "images/s, reading the cache, with augmentation")
     result("tfdata_no_augment_img_s", rates["tfdata_noaug"], "images/s, decode + resize + batch only")
     result("cached_no_augment_epoch2_img_s", rates["cached_noaug"], "images/s, reading the cache, no augmentation")
+    result("tfdata_free_order_img_s", rates["free"], "images/s, training pipeline, deterministic=False")
+    result("tfdata_free_order_no_augment_img_s", rates["free_noaug"], "images/s, deterministic=False, no augmentation")
     ratio("tfdata_per_core_vs_pillow", safe_ratio(rates["tfdata"] / cpus, rates["pillow"]))
     ratio("tfdata_no_augment_per_core_vs_pillow", safe_ratio(rates["tfdata_noaug"] / cpus, rates["pillow"]))
     ratio("cache_epoch2_speedup", safe_ratio(rates["cached"], rates["tfdata"]))
     ratio("cache_epoch2_speedup_no_augment", safe_ratio(rates["cached_noaug"], rates["tfdata_noaug"]))
+    ratio("deterministic_vs_free_order", safe_ratio(rates["tfdata"], rates["free"]))
+    ratio("deterministic_vs_free_order_no_augment", safe_ratio(rates["tfdata_noaug"], rates["free_noaug"]))
     return 0
 
 

@@ -4,7 +4,7 @@
 
 For each model (built by its registry plugin, ``weights=None``, 256 px, and
 exported by the project's own ``mura_ens.training.export.export_model``;
-int8 by ``mura_ens.quantize.quantize_model`` calibrated on images of the
+int8 by ``mura_ens.onnx.quantize.quantize_model`` calibrated on images of the
 benchmark folder), at batch size 16:
 
 - ``keras_predict`` / ``keras_function``: ``model.predict`` and a compiled
@@ -92,8 +92,8 @@ def build_and_export(
     name: str, size: int, folder: Path, parity_images, calibration_images
 ) -> tuple[object, Path, Path]:
     """The Keras model of plugin ``name``, its ONNX export (project exporter) and its int8 model."""
+    from mura_ens.onnx.quantize import quantize_model
     from mura_ens.plugin import resolve_params
-    from mura_ens.quantize import quantize_model
     from mura_ens.registry import get_plugin
     from mura_ens.training.export import export_model, onnx_metadata
     from mura_ens.training.tf_runtime import import_tensorflow
@@ -326,7 +326,7 @@ def train_and_quantize(work: Path, *, quick: bool, plugin: str) -> dict:
         raise RuntimeError(f"mura-ens train failed:\n{done.stderr[-3000:]}")
     run_dir = next(p.parent for p in sorted(runs.rglob("card.json")))
     note(f"int8 accuracy: trained {run_dir.name} in {time.perf_counter() - tick:.0f} s")
-    from mura_ens.quantize import quantize_run
+    from mura_ens.onnx.quantize import quantize_run
 
     quantize_run(run_dir, calibration_images=200, seed=0)
     card = json.loads((run_dir / "card.json").read_text())

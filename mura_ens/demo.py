@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import console
@@ -93,8 +93,8 @@ def run_demo(
 ) -> DemoResult:
     """Run synth → train (custom_cnn + specialists) → export → score on ``out``; return paths and results."""
     from .data.synth import make_synthetic_mura
-    from .scoring.score import score
-    from .training import train
+    from .scoring.score import ScoreSettings, score
+    from .training import TrainOptions, train
 
     settings = QUICK if quick else FULL
     say = echo or (lambda _m: None)
@@ -117,43 +117,36 @@ def run_demo(
     seconds["synth"] = time.perf_counter() - t0
 
     runs_dir = out / "runs"
-    common = dict(
+    common = TrainOptions(
         image_size=settings.image_size,
         batch_size=settings.batch_size,
         weights="none",
         seed=seed,
         progress=echo is not None,
+        patience=settings.patience,
     )
     t0 = time.perf_counter()
     say("[2/4] training custom_cnn (generalist), evaluating, exporting to ONNX")
-    runs = train(
-        "custom_cnn",
-        data,
-        runs_dir,
-        epochs=settings.epochs,
-        patience=settings.patience,
-        params=list(settings.generalist_params),
-        name="custom_cnn",
-        **common,
-    )
+    generalist = replace(common, epochs=settings.epochs, params=settings.generalist_params, name="custom_cnn")
+    runs = train("custom_cnn", data, runs_dir, generalist)
     seconds["train_generalist"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say("[3/4] training specialists (one custom_cnn per body part), exporting each")
-    runs += train(
-        "specialists",
-        data,
-        runs_dir,
-        base="custom_cnn",
-        epochs=settings.specialist_epochs,
-        patience=settings.patience,
-        params=list(settings.specialist_params),
-        **common,
+    specialists = replace(
+        common, epochs=settings.specialist_epochs, params=settings.specialist_params, base="custom_cnn"
     )
+    runs += train("specialists", data, runs_dir, specialists)
     seconds["train_specialists"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say(f"[4/4] scoring {data / 'valid'} with {len(runs)} ONNX models, ensemble body_part")
-    result = score(data / "valid", models_dir=runs_dir, ensemble="body_part", out=out / "results", progress=progress)
+    result = score(
+        data / "valid",
+        out / "results",
+        models_dir=runs_dir,
+        settings=ScoreSettings(ensemble="body_part"),
+        progress=progress,
+    )
     seconds["score"] = time.perf_counter() - t0
     return DemoResult(out=out, data=data, runs=runs, results=out / "results", score=result, seconds=seconds)

@@ -14,12 +14,19 @@ also emits an :class:`UndefinedMetricWarning` naming the group.
 
 Study-level metrics use study probabilities = mean of the study's image
 probabilities (:func:`study_probabilities`), as in the MURA paper.
+
+The bootstrap is described once, by a :class:`BootstrapSettings`; the
+``metrics.json`` structure is put together in one place, :func:`build_metrics`
+(used by :func:`evaluate_predictions` and by scoring).
 """
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,13 +39,23 @@ from .errors import UsageError
 __all__ = [
     "UndefinedMetricWarning",
     "GROUP_KEYS",
+    "BootstrapSettings",
+    "DEFAULT_BOOTSTRAP",
+    "NO_BOOTSTRAP",
+    "ModelColumn",
+    "PartThresholds",
+    "EnsembleInfo",
     "binary_metrics",
     "bootstrap_intervals",
     "resampled_auc",
     "resampled_kappa",
     "study_probabilities",
     "grouped_metrics",
+    "build_metrics",
     "evaluate_predictions",
+    "fold_undefined_warnings",
+    "confusion_counts",
+    "format_metric",
     "metrics_rows",
     "format_metrics_table",
 ]
@@ -70,6 +87,46 @@ class UndefinedMetricWarning(_SklearnUndefinedMetricWarning):
     Subclasses scikit-learn's warning of the same name, so filters set for
     that one apply here too.
     """
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How the percentile bootstrap intervals of kappa and ROC AUC are drawn (``metrics.json``'s ``bootstrap``).
+
+    ``n_resamples`` resamples (0 = no intervals) at confidence level ``ci``, drawn with ``seed``;
+    the same settings on the same rows give the same intervals. Validated on construction: a bad
+    value is a :class:`~mura_ens.errors.UsageError` naming it.
+
+    The decision threshold is deliberately not part of it: it moves the point estimates as well
+    as the intervals, and scoring takes it from the models.
+    """
+
+    n_resamples: int = 1000
+    ci: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        n, ci, seed = self.n_resamples, self.ci, self.seed
+        if not _is_integer(n) or n < 0:
+            raise UsageError(f"number of bootstrap resamples must be an integer >= 0, got {n!r}")
+        if not isinstance(ci, numbers.Real) or not 0.0 <= ci < 1.0:
+            raise UsageError(f"confidence level must be in [0, 1), got {ci!r}")
+        if not _is_integer(seed) or seed < 0:
+            raise UsageError(f"bootstrap seed must be an integer >= 0, got {seed!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"n_resamples", "ci", "seed"}`` as written in ``metrics.json``."""
+        return {"n_resamples": int(self.n_resamples), "ci": float(self.ci), "seed": int(self.seed)}
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+#: 1000 resamples, 95% intervals, seed 0: what ``mura-ens score`` and ``evaluate`` use by default.
+DEFAULT_BOOTSTRAP = BootstrapSettings()
+#: No intervals (point estimates only).
+NO_BOOTSTRAP = BootstrapSettings(n_resamples=0)
 
 
 # --------------------------------------------------------------------------
@@ -143,42 +200,37 @@ def resampled_kappa(y_true, y_pred, indices) -> np.ndarray:
 
 
 def bootstrap_intervals(
-    y_true,
-    y_prob,
-    *,
-    threshold: float = 0.5,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
+    y_true, y_prob, *, threshold: float | np.ndarray = 0.5, bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP
 ) -> dict[str, list[float | None]]:
     """Seeded percentile bootstrap intervals for kappa and ROC AUC.
 
-    Rows are resampled with replacement (the same resamples for both
+    Predictions are ``y_prob > threshold`` (a scalar, or one threshold per row
+    that travels with its row). Rows are resampled with replacement (the same resamples for both
     metrics). Resamples where a metric is undefined (one class for AUC) are
     dropped from that metric's interval. Resamples are drawn in chunks to
-    bound memory; the result depends only on the data, ``n_bootstrap`` and
-    ``seed``.
+    bound memory; the result depends only on the data and ``bootstrap``.
 
     Returns
     -------
     dict
         ``{"kappa_ci": [lo, hi], "auc_ci": [lo, hi]}``; ``[None, None]`` when
-        no resample defines the metric or ``n_bootstrap`` is 0.
+        no resample defines the metric or ``bootstrap.n_resamples`` is 0.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_prob = np.asarray(y_prob, dtype=np.float64)
     n = y_true.shape[0]
-    if n == 0 or n_bootstrap <= 0:
+    n_resamples = bootstrap.n_resamples
+    if n == 0 or n_resamples <= 0:
         return {"kappa_ci": [None, None], "auc_ci": [None, None]}
     y_pred = (y_prob > threshold).astype(np.int64)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_bootstrap, _BOOTSTRAP_CELLS // n))
+    rng = np.random.default_rng(bootstrap.seed)
+    chunk = max(1, min(n_resamples, _BOOTSTRAP_CELLS // n))
     kappas, aucs = [], []
-    for start in range(0, n_bootstrap, chunk):
-        indices = rng.integers(0, n, size=(min(chunk, n_bootstrap - start), n))
+    for start in range(0, n_resamples, chunk):
+        indices = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
         kappas.append(resampled_kappa(y_true, y_pred, indices))
         aucs.append(resampled_auc(y_true, y_prob, indices))
-    alpha = (1.0 - ci) / 2.0
+    alpha = (1.0 - bootstrap.ci) / 2.0
     return {
         "kappa_ci": _percentile_interval(np.concatenate(kappas), alpha),
         "auc_ci": _percentile_interval(np.concatenate(aucs), alpha),
@@ -202,10 +254,8 @@ def binary_metrics(
     y_true,
     y_prob,
     *,
-    threshold: float = 0.5,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
+    threshold: float | np.ndarray = 0.5,
+    bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP,
     group: str | None = None,
 ) -> dict[str, Any]:
     """Kappa, ROC AUC, accuracy, sensitivity and specificity of one group.
@@ -216,14 +266,11 @@ def binary_metrics(
         Labels, 1 abnormal / 0 normal.
     y_prob : array-like of shape (n,)
         Probabilities of abnormality (finite).
-    threshold : float
-        Prediction is ``y_prob > threshold`` (strictly greater).
-    n_bootstrap : int
-        Bootstrap resamples for the kappa and AUC intervals (0 = no intervals).
-    ci : float
-        Confidence level of the percentile intervals.
-    seed : int
-        Seed of the bootstrap; the same seed gives the same intervals.
+    threshold : float or array of shape (n,)
+        Prediction is ``y_prob > threshold`` (strictly greater); an array gives
+        each row its own threshold (a fitted ensemble's per-part thresholds).
+    bootstrap : BootstrapSettings
+        Resamples, confidence level and seed of the kappa and AUC intervals.
     group : str, optional
         Name of the group, used in warnings.
 
@@ -238,20 +285,8 @@ def binary_metrics(
         predictions are all the same class; everything but ``n`` is None on
         an empty group.
     """
-    y_true = np.asarray(y_true)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
     name = group or "all rows"
-    if y_true.ndim != 1 or y_prob.ndim != 1 or y_true.shape != y_prob.shape:
-        raise ValueError(f"y_true and y_prob must be 1-d of equal length, got shapes {y_true.shape} and {y_prob.shape}")
-    if not 0.0 <= ci < 1.0:
-        raise ValueError(f"ci must be in [0, 1), got {ci!r}")
-    if not np.all(np.isfinite(y_prob)):
-        bad = y_prob[~np.isfinite(y_prob)][:5].tolist()
-        raise ValueError(f"y_prob must be finite ({name}), got {bad}")
-    bad_labels = sorted(set(np.unique(y_true).tolist()) - {0, 1})
-    if bad_labels:
-        raise ValueError(f"y_true must hold only 0 and 1 ({name}), got {bad_labels[:5]}")
-    y_true = y_true.astype(np.int64)
+    y_true, y_prob = _checked_arrays(y_true, y_prob, name)
     n = int(y_true.shape[0])
     n_positive = int(y_true.sum())
     result: dict[str, Any] = {
@@ -267,20 +302,7 @@ def binary_metrics(
     }
     if n == 0:
         return result
-
-    y_pred = (y_prob > threshold).astype(np.int64)
-    tp = int(np.sum((y_true == 1) & (y_pred == 1)))
-    tn = int(np.sum((y_true == 0) & (y_pred == 0)))
-    result["accuracy"] = float(accuracy_score(y_true, y_pred))
-    result["sensitivity"] = tp / n_positive if n_positive else None
-    result["specificity"] = tn / (n - n_positive) if n - n_positive else None
-
-    with warnings.catch_warnings():
-        # sklearn warns (and returns NaN) when kappa is undefined; we report None.
-        warnings.simplefilter("ignore")
-        kappa = float(cohen_kappa_score(y_true, y_pred))
-    result["kappa"] = kappa if np.isfinite(kappa) else None
-
+    result.update(_point_estimates(y_true, (y_prob > threshold).astype(np.int64)))
     one_class = n_positive in (0, n)
     if one_class:
         warnings.warn(
@@ -290,13 +312,58 @@ def binary_metrics(
         )
     else:
         result["auc"] = float(roc_auc_score(y_true, y_prob))
-
-    intervals = bootstrap_intervals(y_true, y_prob, threshold=threshold, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
+    intervals = bootstrap_intervals(y_true, y_prob, threshold=threshold, bootstrap=bootstrap)
     if result["kappa"] is not None:
         result["kappa_ci"] = intervals["kappa_ci"]
     if not one_class:
         result["auc_ci"] = intervals["auc_ci"]
     return result
+
+
+def _checked_arrays(y_true, y_prob, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels as int64, probabilities as float64)``; ValueError naming ``name`` for unusable input."""
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if y_true.ndim != 1 or y_prob.ndim != 1 or y_true.shape != y_prob.shape:
+        raise ValueError(f"y_true and y_prob must be 1-d of equal length, got shapes {y_true.shape} and {y_prob.shape}")
+    if not np.all(np.isfinite(y_prob)):
+        bad = y_prob[~np.isfinite(y_prob)][:5].tolist()
+        raise ValueError(f"y_prob must be finite ({name}), got {bad}")
+    bad_labels = sorted(set(np.unique(y_true).tolist()) - {0, 1})
+    if bad_labels:
+        raise ValueError(f"y_true must hold only 0 and 1 ({name}), got {bad_labels[:5]}")
+    return y_true.astype(np.int64), y_prob
+
+
+def _point_estimates(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | None]:
+    """Kappa, accuracy, sensitivity and specificity of a non-empty group (None where undefined)."""
+    n = int(y_true.shape[0])
+    n_positive = int(y_true.sum())
+    tp = int(np.sum((y_true == 1) & (y_pred == 1)))
+    tn = int(np.sum((y_true == 0) & (y_pred == 0)))
+    with warnings.catch_warnings():
+        # sklearn warns (and returns NaN) when kappa is undefined; we report None.
+        warnings.simplefilter("ignore")
+        kappa = float(cohen_kappa_score(y_true, y_pred))
+    return {
+        "kappa": kappa if np.isfinite(kappa) else None,
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "sensitivity": tp / n_positive if n_positive else None,
+        "specificity": tn / (n - n_positive) if n - n_positive else None,
+    }
+
+
+def confusion_counts(group: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """``(tn, fp, fn, tp)`` of a GROUP of ``metrics.json``, from its ``n``, ``n_positive``, sensitivity and specificity.
+
+    Exact: sensitivity is ``tp / n_positive`` and specificity ``tn / n_negative``, so rounding
+    their products with the class sizes gives the counts back.
+    """
+    n, n_positive = int(group.get("n") or 0), int(group.get("n_positive") or 0)
+    n_negative = n - n_positive
+    tp = round(group["sensitivity"] * n_positive) if n_positive else 0
+    tn = round(group["specificity"] * n_negative) if n_negative else 0
+    return tn, n_negative - tn, n_positive - tp, tp
 
 
 # --------------------------------------------------------------------------
@@ -350,13 +417,15 @@ def grouped_metrics(
     prob_col: str = "prob",
     label_col: str = "label",
     group_col: str = "body_part",
-    threshold: float = 0.5,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
+    threshold: float | PartThresholds = 0.5,
+    bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP,
     name: str | None = None,
 ) -> dict[str, Any]:
     """Metrics overall and per body part: ``{"overall": GROUP, "by_body_part": {part: GROUP}}``.
+
+    ``threshold`` is one threshold for every row, or a :class:`PartThresholds`
+    (each row predicted with its body part's threshold: one per part group,
+    mixed in ``overall``).
 
     Rows with a missing label or a missing probability are left out of the
     metrics; each GROUP counts them in ``n_excluded``. Every body part
@@ -364,7 +433,7 @@ def grouped_metrics(
     are all excluded (then ``n`` is 0 and the metrics None); an empty body
     part is reported as ``"unknown"``. ``name`` (e.g. ``"study"``) prefixes
     group names in warnings. Each group is bootstrapped with the same
-    ``seed``, so a group's interval does not depend on the other groups.
+    settings, so a group's interval does not depend on the other groups.
     """
     missing = [c for c in (prob_col, label_col) if c not in frame.columns]
     if missing:
@@ -374,15 +443,16 @@ def grouped_metrics(
     valid = np.isfinite(labels) & np.isfinite(probs)
     if group_col in frame.columns:
         parts = frame[group_col].astype("string").fillna("").str.strip().to_numpy(dtype=object)
-        parts[parts == ""] = UNKNOWN_GROUP
     else:
-        parts = np.full(len(frame), UNKNOWN_GROUP, dtype=object)
+        parts = np.full(len(frame), "", dtype=object)
+    thresholds = threshold.for_parts(parts) if isinstance(threshold, PartThresholds) else None
+    parts[parts == ""] = UNKNOWN_GROUP
     prefix = f"{name} " if name else ""
-    options = dict(threshold=threshold, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
 
     def one(mask: np.ndarray, group: str) -> dict[str, Any]:
         keep = mask & valid
-        result = binary_metrics(labels[keep], probs[keep], group=prefix + group, **options)
+        cut = threshold if thresholds is None else thresholds[keep]
+        result = binary_metrics(labels[keep], probs[keep], threshold=cut, bootstrap=bootstrap, group=prefix + group)
         result["n_excluded"] = int(np.sum(mask & ~valid))
         return result
 
@@ -393,16 +463,123 @@ def grouped_metrics(
     }
 
 
+@dataclass(frozen=True)
+class ModelColumn:
+    """A model's own probability ``column``, reported under ``metrics.json``'s ``models[name]``.
+
+    ``body_parts``: the parts the model serves; its metrics use only rows of those parts
+    (empty = every row, a generalist).
+    """
+
+    name: str
+    column: str
+    body_parts: tuple[str, ...] = ()
+
+    def rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``frame`` this model is judged on."""
+        return frame if not self.body_parts else frame.loc[frame["body_part"].isin(self.body_parts)]
+
+
+@dataclass(frozen=True)
+class PartThresholds:
+    """One decision threshold per body part (a fitted ensemble's), ``default`` for every other part.
+
+    Rows of a part listed in ``by_part`` are predicted abnormal when
+    ``prob > by_part[part]``; rows of any other part, and of unknown part
+    (``""``), when ``prob > default``.
+    """
+
+    by_part: Mapping[str, float]
+    default: float
+
+    def for_parts(self, parts: Iterable[Any]) -> np.ndarray:
+        """The threshold of each row, from its body part."""
+        table = {str(k): float(v) for k, v in self.by_part.items()}
+        default = float(self.default)
+        return np.array([table.get("" if p is None else str(p).strip(), default) for p in parts], dtype=np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"by_body_part": {part: threshold}, "default": threshold}`` as written in ``metrics.json``."""
+        return {
+            "by_body_part": {str(k): float(v) for k, v in sorted(self.by_part.items())},
+            "default": float(self.default),
+        }
+
+
+@dataclass(frozen=True)
+class EnsembleInfo:
+    """The ensemble column of a scoring run, as :func:`build_metrics` reports it.
+
+    ``name`` is written as ``ensemble``; ``thresholds``, when given, are the
+    per-part thresholds of the ensemble's own predictions (``ensemble_thresholds``;
+    the models keep the scalar ``threshold``); ``details`` are further top-level
+    facts about how the column was made (``ensemble_file``, ``tta``), written as
+    given; ``baselines`` are other combinations of the same models (e.g. the
+    plain ``body_part`` mean next to a fitted ensemble) reported under
+    ``baselines`` at the scalar threshold.
+    """
+
+    name: str
+    thresholds: PartThresholds | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    baselines: tuple[ModelColumn, ...] = ()
+
+
+def build_metrics(
+    studies: pd.DataFrame,
+    images: pd.DataFrame | None = None,
+    *,
+    threshold: float = 0.5,
+    bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP,
+    prob_col: str = "prob",
+    ensemble: str | EnsembleInfo | None = None,
+    models: Sequence[ModelColumn] | None = None,
+) -> dict[str, Any]:
+    """The ``metrics.json`` structure (docs/INTERNALS.md): the one place it is put together.
+
+    ``studies`` (and ``images``, when given) are prepared tables: ``body_part``,
+    ``label`` (1, 0 or missing) and probabilities in [0, 1] or missing; every image row
+    given counts. Keys, in order: ``threshold``, ``ensemble`` (when given; an
+    :class:`EnsembleInfo` adds ``ensemble_thresholds`` and its ``details``),
+    ``bootstrap``, ``study``, ``image`` (with ``images``), ``models`` (when given:
+    each model's ``study``/``image`` levels on its own column and body parts),
+    ``baselines`` (an :class:`EnsembleInfo`'s, when it has some).
+    The ensemble's predictions use ``ensemble.thresholds`` when given, else ``threshold``.
+    """
+    levels = {"study": studies} if images is None else {"study": studies, "image": images}
+    info = EnsembleInfo(ensemble) if isinstance(ensemble, str) else ensemble
+
+    def both(column: str, rows=lambda frame: frame, prefix: str = "", cut: Any = threshold) -> dict[str, Any]:
+        return {
+            level: grouped_metrics(
+                rows(frame), prob_col=column, threshold=cut, bootstrap=bootstrap, name=prefix + level
+            )
+            for level, frame in levels.items()
+        }
+
+    result: dict[str, Any] = {"threshold": float(threshold)}
+    if info is not None:
+        result["ensemble"] = info.name
+        if info.thresholds is not None:
+            result["ensemble_thresholds"] = info.thresholds.to_json()
+        result.update(info.details)
+    result["bootstrap"] = bootstrap.to_json()
+    result.update(both(prob_col, cut=threshold if info is None or info.thresholds is None else info.thresholds))
+    if models is not None:
+        result["models"] = {m.name: both(m.column, m.rows, f"{m.name} ") for m in models}
+    if info is not None and info.baselines:
+        result["baselines"] = {b.name: both(b.column, b.rows, f"{b.name} ") for b in info.baselines}
+    return result
+
+
 def evaluate_predictions(
     frame: pd.DataFrame,
     *,
-    threshold: float = 0.5,
+    threshold: float | PartThresholds = 0.5,
     prob_col: str = "prob",
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
+    bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP,
 ) -> dict[str, Any]:
-    """The ``metrics.json`` structure for a table of study or image predictions.
+    """The ``metrics.json`` structure for a table of study or image predictions (:func:`build_metrics`).
 
     ``frame`` needs ``study``, ``body_part``, ``label`` and ``prob_col``.
     With a ``path`` column the rows are images: image-level metrics come
@@ -410,7 +587,10 @@ def evaluate_predictions(
     rows whose ``status`` (when present) is neither ``ok`` nor empty count as
     unscored. Without ``path`` the rows are studies. Empty probabilities
     (failed studies) and empty labels are excluded and counted in
-    ``n_excluded``.
+    ``n_excluded``. A :class:`PartThresholds` ``threshold`` (a fitted
+    ensemble's) predicts each row with its body part's threshold; the result
+    then says so as a scoring run's ``metrics.json`` does (``ensemble``
+    ``fitted``, ``ensemble_thresholds``), with the default as ``threshold``.
 
     Returns
     -------
@@ -429,23 +609,24 @@ def evaluate_predictions(
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise UsageError(f"predictions are missing column(s): {', '.join(missing)}")
-    if not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"threshold must be in [0, 1], got {threshold}")
-    if n_bootstrap < 0:
-        raise UsageError(f"number of bootstrap resamples must be >= 0, got {n_bootstrap}")
-    if not 0.0 <= ci < 1.0:
-        raise UsageError(f"confidence level must be in [0, 1), got {ci}")
+    per_part = threshold if isinstance(threshold, PartThresholds) else None
+    scalar = per_part.default if per_part is not None else threshold
+    if not 0.0 <= scalar <= 1.0:
+        raise UsageError(f"threshold must be in [0, 1], got {scalar}")
     frame = frame.copy()
     frame["label"] = _checked_labels(frame["label"])
     frame[prob_col] = _checked_probabilities(frame[prob_col], prob_col)
-    options = dict(prob_col=prob_col, threshold=threshold, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
-    result: dict[str, Any] = {
-        "threshold": float(threshold),
-        "bootstrap": {"n_resamples": int(n_bootstrap), "ci": float(ci), "seed": int(seed)},
-    }
+    options: dict[str, Any] = dict(threshold=scalar, bootstrap=bootstrap, prob_col=prob_col)
+    if per_part is not None:
+        options["ensemble"] = EnsembleInfo("fitted", thresholds=per_part)
     if "path" not in frame.columns:
-        result["study"] = grouped_metrics(frame, name="study", **options)
-        return result
+        return build_metrics(frame, **options)
+    frame = _counted_image_rows(frame, prob_col)
+    return build_metrics(study_probabilities(frame, prob_cols=(prob_col,)), frame, **options)
+
+
+def _counted_image_rows(frame: pd.DataFrame, prob_col: str) -> pd.DataFrame:
+    """Image rows with unscored ones' probabilities blanked; rows outside any study dropped."""
     if "status" in frame.columns:
         status = frame["status"].astype("string").fillna("").str.strip()
         unscored = ~status.isin(["", "ok"])
@@ -456,10 +637,34 @@ def evaluate_predictions(
     if frame["study"].isna().any():
         rows = [int(i) + 2 for i in frame.index[frame["study"].isna()][:5]]
         raise UsageError(f"image rows without a study key (CSV lines {rows}) cannot be aggregated to studies")
-    studies = study_probabilities(frame, prob_cols=(prob_col,))
-    result["study"] = grouped_metrics(studies, name="study", **options)
-    result["image"] = grouped_metrics(frame, name="image", **options)
-    return result
+    return frame
+
+
+@contextmanager
+def fold_undefined_warnings(limit: int = 6) -> Iterator[None]:
+    """Fold the block's :class:`UndefinedMetricWarning` warnings into one that lists the groups.
+
+    One warning per one-class group would be dozens of lines (levels x models x parts);
+    other warnings pass through unchanged.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UndefinedMetricWarning)
+        yield
+    undefined = []
+    for w in caught:
+        if issubclass(w.category, UndefinedMetricWarning):
+            undefined.append(str(w.message).split(":")[0])
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if undefined:
+        shown = "; ".join(undefined[:limit])
+        if len(undefined) > limit:
+            shown += f"; ... {len(undefined) - limit} more"
+        warnings.warn(
+            f"ROC AUC is undefined (only one class) in {len(undefined)} groups, null in metrics.json: {shown}",
+            UndefinedMetricWarning,
+            stacklevel=3,
+        )
 
 
 def _checked_labels(labels: pd.Series) -> pd.Series:
@@ -503,12 +708,13 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+def format_metric(value: float | None, digits: int = 3, missing: str = "n/a") -> str:
+    """A metric for display: ``0.712``; ``missing`` for an undefined one (None or NaN)."""
+    return missing if value is None or value != value else f"{value:.{digits}f}"
 
 
 def _fmt_ci(value: float | None, interval, sep: str) -> str:
-    text = _fmt(value)
+    text = format_metric(value)
     lo, hi = (list(interval) + [None, None])[:2] if interval is not None else (None, None)
     if value is None or lo is None or hi is None:
         return text
@@ -530,9 +736,9 @@ def metrics_rows(level: dict[str, Any], *, ci_sep: str = ", ") -> list[dict[str,
             "n_positive": str(m.get("n_positive", 0)),
             "kappa": _fmt_ci(m.get("kappa"), m.get("kappa_ci"), ci_sep),
             "auc": _fmt_ci(m.get("auc"), m.get("auc_ci"), ci_sep),
-            "accuracy": _fmt(m.get("accuracy")),
-            "sensitivity": _fmt(m.get("sensitivity")),
-            "specificity": _fmt(m.get("specificity")),
+            "accuracy": format_metric(m.get("accuracy")),
+            "sensitivity": format_metric(m.get("sensitivity")),
+            "specificity": format_metric(m.get("specificity")),
             "n_excluded": str(m.get("n_excluded", 0)),
         }
 

@@ -87,38 +87,22 @@ class Plugin:
 class SpecialistFamily(Plugin):
     """A plugin that trains one model per body part, each built by a base plugin.
 
-    ``defaults["base"]`` names the base plugin (resolved through the registry);
-    the other hyper-parameters are the base plugin's. The trainer expands a
-    family into one run per body part present in the data and tags each
-    exported model with its part.
+    ``defaults["base"]`` names the base plugin; the other hyper-parameters are
+    the base plugin's. The family builds nothing itself: the trainer looks the
+    base up in the registry, expands the family into one run per body part
+    present in the data, builds each model with the base and tags it with its
+    part. ``mura-ens plugins`` shows the default base's input size and weights.
     """
 
     kind = SPECIALIST_FAMILY
     defaults: Mapping[str, Any] = {"base": "custom_cnn"}
 
-    def _default_base(self) -> Any:
-        from .registry import get_plugin
-
-        try:
-            return get_plugin(self.defaults["base"])
-        except Exception:  # base missing or broken: the table shows this plugin anyway
-            return None
-
-    @property
-    def default_input_size(self) -> int:  # type: ignore[override]
-        """The default base plugin's input size."""
-        return getattr(self._default_base(), "default_input_size", Plugin.default_input_size)
-
-    @property
-    def default_weights(self) -> str:  # type: ignore[override]
-        """The default base plugin's weights."""
-        return getattr(self._default_base(), "default_weights", Plugin.default_weights)
-
     def build(self, config: Mapping[str, Any]):
-        """Build the base plugin's model (the trainer normally calls the base plugin directly)."""
-        from .registry import get_plugin
-
-        return get_plugin(config["base"]).build(config)
+        """Not used: a family's models are built by its base plugin (see the class docstring)."""
+        raise PluginError(
+            f"plugin {self.name!r} is a specialist family: its base plugin builds the models "
+            f"(train it with --plugin {self.name} --base NAME)"
+        )
 
 
 def check_plugin(plugin: Any) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from .constants import PLUGIN_GROUP, PLUGINS_ENV
 from .errors import PluginError
-from .plugin import GENERALIST, check_plugin
+from .plugin import GENERALIST, SPECIALIST_FAMILY, check_plugin
 
 
 @dataclass
@@ -163,19 +163,21 @@ def plugin_rows() -> list[dict[str, Any]]:
 
     Keys: ``name``, ``kind``, ``body_parts`` (list; empty = all),
     ``input_size``, ``weights``, ``distribution``, ``version``,
-    ``description``, ``status`` (``"ok"`` or ``"broken: <error>"``).
+    ``description``, ``status`` (``"ok"`` or ``"broken: <error>"``). A specialist
+    family shows the input size and weights of its default base plugin.
     """
     rows = []
     for name in sorted(_entries()):
         entry = _entries()[name]
         plugin = entry.plugin
+        defaults = _defaults_from(plugin)
         rows.append(
             {
                 "name": name,
                 "kind": getattr(plugin, "kind", GENERALIST) if plugin is not None else "",
                 "body_parts": list(getattr(plugin, "body_parts", ()) or ()),
-                "input_size": getattr(plugin, "default_input_size", None),
-                "weights": getattr(plugin, "default_weights", None),
+                "input_size": getattr(defaults, "default_input_size", None),
+                "weights": getattr(defaults, "default_weights", None),
                 "distribution": entry.distribution,
                 "version": entry.version,
                 "description": getattr(plugin, "description", "") if plugin is not None else "",
@@ -183,3 +185,12 @@ def plugin_rows() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _defaults_from(plugin: Any) -> Any:
+    """The plugin whose default input size and weights a row shows: a specialist family shows its default base's."""
+    if plugin is None or getattr(plugin, "kind", GENERALIST) != SPECIALIST_FAMILY:
+        return plugin
+    base = (getattr(plugin, "defaults", {}) or {}).get("base")
+    entry = _entries().get(str(base)) if base else None
+    return entry.plugin if entry is not None and entry.ok else plugin

@@ -1,10 +1,26 @@
 """``report.html``: one self-contained, print-friendly page describing a scoring run.
 
-Sections: header (input, counts, threshold), predictions per body part,
-study- and image-level metrics for the ensemble and every model, ROC curves
-per body part (one small-multiples figure, inline PNG), the ensemble's
-study-level confusion matrix, failed inputs, and provenance (models with
-their ONNX metadata and card excerpts, library versions, command, input).
+Sections: header (input, counts, ensemble, test-time augmentation,
+threshold), predictions per body part, a forest plot per body part (study
+kappa with its interval for the ensemble, the plain-mean baseline of a
+fitted run and every model serving the part), the fitted ensemble's weights,
+calibrators and thresholds (``--ensemble fitted``), study- and image-level
+metrics tables for the ensemble, baselines and every model, ROC curves and
+reliability diagrams per body part, the ensemble's study-level confusion
+matrix, failed inputs, and provenance (models with their ONNX metadata and
+card.json, long JSON in collapsed ``<details>`` blocks; library versions,
+command, input).
+
+Metric values (tables, forest plots, the AUCs of the ROC legends, the
+confusion counts) are read from the ``metrics.json`` structure given, never
+recomputed here; only the ROC curves and the reliability diagrams are drawn
+from the study rows, and the Brier scores of the reliability legends (mean
+squared difference between study probability and label; not in
+``metrics.json``) are computed with them.
+
+A fitted run's provenance carries ``fitted_ensemble`` (the ensemble file's
+content, :meth:`mura_ens.fitting.FittedEnsemble.to_dict`): it is shown as
+its own section, not in the provenance table.
 
 No external assets: CSS is inline and figures are base64 PNGs drawn with
 matplotlib's Agg canvas (imported lazily). Without labels the metric, ROC
@@ -29,9 +45,9 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_write_text
-from .metrics import TABLE_COLUMNS, UNKNOWN_GROUP, metrics_rows
+from .metrics import TABLE_COLUMNS, UNKNOWN_GROUP, confusion_counts, format_metric, metrics_rows
 
-__all__ = ["write_report", "render_report", "ENSEMBLE_NAME"]
+__all__ = ["write_report", "render_report", "reliability_points", "ENSEMBLE_NAME"]
 
 #: Name of the ensemble in tables and legends.
 ENSEMBLE_NAME = "ensemble"
@@ -39,8 +55,8 @@ ENSEMBLE_NAME = "ensemble"
 #: Failed inputs listed in full up to this many rows (all are in images.csv).
 MAX_FAILED_ROWS = 1000
 
-#: Card fields longer than this (as JSON) are cut in the report.
-MAX_CARD_JSON_CHARS = 4000
+#: Card fields longer than this (as JSON) are cut in the report (they sit in collapsed <details> blocks).
+MAX_CARD_JSON_CHARS = 20000
 
 #: Libraries whose installed versions the report lists (read from metadata, never imported).
 REPORTED_DISTRIBUTIONS = (
@@ -53,6 +69,12 @@ REPORTED_DISTRIBUTIONS = (
     "pillow",
     "matplotlib",
 )
+
+#: How the header describes each ``--tta``.
+TTA_TEXT = {
+    "none": "none",
+    "flip": "flip: each image's probability is the mean over the image and its horizontal mirror",
+}
 
 #: Table headers in the report where the terminal table abbreviates.
 _LONG_HEADERS = {
@@ -86,6 +108,13 @@ code, pre { font-family: "SFMono-Regular", Menlo, Consolas, monospace; font-size
 pre { background: var(--band); padding: 8px 10px; overflow-x: auto; white-space: pre-wrap; margin: 4px 0 12px; }
 td.path { word-break: break-all; font-family: "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12px; }
 figure { margin: 8px 0 16px; }
+.forest { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 4px 24px; }
+.forest figure { margin: 0; }
+table.fitted { font-size: 13px; }
+table.fitted th.num { white-space: normal; min-width: 64px; }
+details { margin: 2px 0 8px; }
+details > summary { cursor: pointer; color: var(--muted); }
+details[open] > summary { margin-bottom: 4px; }
 figure img { max-width: 100%; height: auto; }
 figcaption { color: var(--muted); font-size: 13px; }
 .header-grid { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 10px 0; }
@@ -96,6 +125,7 @@ figcaption { color: var(--muted); font-size: 13px; }
   h2 { break-after: avoid; page-break-after: avoid; }
   table, figure { break-inside: avoid; page-break-inside: avoid; }
   pre { white-space: pre-wrap; }
+  details > *:not(summary) { display: block; }
 }
 """
 
@@ -128,8 +158,9 @@ def write_report(
     images : DataFrame, optional
         ``path, study, body_part, prob__<model>..., status, error``.
     metrics : dict, optional
-        The ``metrics.json`` structure; ``metrics["models"][name]`` holds each
-        model's ``study``/``image`` levels.
+        The ``metrics.json`` structure (:func:`mura_ens.metrics.build_metrics`);
+        ``metrics["models"][name]`` holds each model's ``study``/``image`` levels.
+        Every metric shown comes from here (no AUC and no confusion matrix without it).
     models : list of dict
         One per model: ``name``, ``path``, ``metadata`` (ONNX metadata_props),
         ``card`` (card.json content or None).
@@ -163,6 +194,7 @@ def render_report(
 ) -> str:
     """The report's HTML text; see :func:`write_report`."""
     provenance = dict(provenance or {})
+    fitted = provenance.pop("fitted_ensemble", None)
     metrics = dict(metrics or {})
     images = images if images is not None else pd.DataFrame(columns=["path", "study", "body_part", "status"])
     failed = failed if failed is not None else pd.DataFrame(columns=["path", "study", "status", "error"])
@@ -174,7 +206,12 @@ def render_report(
         _header(title, studies, images, failed, threshold, provenance, model_names),
         _predictions_summary(studies, images, threshold, labelled is not None),
     ]
-    if metrics.get("study") or metrics.get("models"):
+    has_metrics = bool(metrics.get("study") or metrics.get("models"))
+    if has_metrics:
+        sections.append(_forest_section(metrics, model_names))
+    if fitted:
+        sections.append(_fitted_section(fitted, metrics))
+    if has_metrics:
         sections.append(_metrics_section(metrics, model_names))
     else:
         sections.append(
@@ -182,8 +219,9 @@ def render_report(
             "metrics, ROC curves and the confusion matrix need study labels.</p>"
         )
     if labelled is not None:
-        sections.append(_roc_section(labelled, model_names))
-        sections.append(_confusion_section(labelled, threshold))
+        sections.append(_roc_section(labelled, model_names, metrics))
+        sections.append(_calibration_section(labelled, model_names, metrics))
+        sections.append(_confusion_section(metrics, threshold))
     sections.append(_failed_section(failed))
     sections.append(_provenance_section(models, provenance))
     body = "\n".join(s for s in sections if s)
@@ -215,14 +253,28 @@ def _header(title, studies, images, failed, threshold, provenance, model_names) 
         ("Models", ", ".join(model_names) if model_names else "none"),
     ]
     if "ensemble" in provenance:
-        facts.append(("Ensemble", str(provenance["ensemble"])))
-    facts.append(("Threshold", f"abnormal when probability > {threshold:g}"))
+        ensemble = str(provenance["ensemble"])
+        if provenance.get("ensemble_file"):
+            sha = str(provenance.get("ensemble_file_sha256", ""))[:12]
+            ensemble += f" ({provenance['ensemble_file']}, sha256 {sha})"
+        facts.append(("Ensemble", ensemble))
+    if "tta" in provenance:
+        tta = str(provenance["tta"])
+        facts.append(("Test-time augmentation", TTA_TEXT.get(tta, tta)))
+    if provenance.get("ensemble_file"):
+        facts.append(
+            ("Threshold", f"per body part (fitted ensemble); models: abnormal when probability > {threshold:g}")
+        )
+    else:
+        facts.append(("Threshold", f"abnormal when probability > {threshold:g}"))
     grid = "".join(f"<div>{_e(k)}</div><div>{_e(v)}</div>" for k, v in facts)
     return f'<header><h1>{_e(title)}</h1><div class="header-grid">{grid}</div></header>'
 
 
 def _predictions_summary(studies, images, threshold, has_labels) -> str:
     probs = _numeric(studies, "prob")
+    # the run's own predictions (a fitted ensemble's thresholds are per part); else prob > threshold
+    preds = _numeric(studies, "pred") if "pred" in studies.columns else (probs > threshold).astype(float)
     parts = _parts(studies)
     image_parts = _parts(images) if len(images) else np.array([], dtype=object)
     image_ok = _is_ok(images).to_numpy() if len(images) else np.array([], dtype=bool)
@@ -236,13 +288,13 @@ def _predictions_summary(studies, images, threshold, has_labels) -> str:
         img_mask = np.ones(len(images), bool) if part == "overall" else image_parts == part
         p = probs[mask]
         scored = np.isfinite(p)
-        n_abnormal = int(np.sum(p[scored] > threshold))
+        n_abnormal = int(np.sum(preds[mask][scored] == 1))
         cells = [
             part,
             f"{int(mask.sum()):,}",
             f"{int(scored.sum()):,}",
             f"{n_abnormal:,} ({_pct(n_abnormal, int(scored.sum()))})",
-            _num(float(np.mean(p[scored])) if scored.any() else None),
+            format_metric(float(np.mean(p[scored])) if scored.any() else None),
             f"{int(img_mask.sum()):,}",
             f"{int(np.sum(img_mask & ~image_ok)):,}",
         ]
@@ -264,16 +316,23 @@ def _metrics_section(metrics, model_names) -> str:
     resamples = ""
     if "n_resamples" in boot:
         resamples = f" ({int(boot['n_resamples']):,} resamples, seed {boot.get('seed')})"
+    rule = f"Prediction = probability > {threshold:g}"
+    if metrics.get("ensemble_thresholds"):
+        rule += " (models and baselines); the fitted ensemble uses its per-part thresholds (Fitted ensemble)"
     note = _e(
-        f"Prediction = probability > {threshold:g}. Intervals: {ci:g}% percentile bootstrap{resamples}. "
+        f"{rule}. Intervals: {ci:g}% percentile bootstrap{resamples}. "
         "Study probability = mean of the study's image probabilities. "
         "n/a: undefined (e.g. AUC on a group with one class)."
     )
     out = [f'<h2 id="metrics">Metrics</h2><p class="note">{note}</p>']
+    baselines = metrics.get("baselines") or {}
     for level in ("study", "image"):
         tables = []
         if metrics.get(level):
-            tables.append(_metrics_table(metrics[level], f"{ENSEMBLE_NAME} — {level} level", ci))
+            tables.append(_metrics_table(metrics[level], f"{_ensemble_label(metrics)} — {level} level", ci))
+        for name, levels in baselines.items():
+            if (levels or {}).get(level):
+                tables.append(_metrics_table(levels[level], f"{_baseline_label(name)} — {level} level", ci))
         for name in names:
             if (per_model.get(name) or {}).get(level):
                 tables.append(_metrics_table(per_model[name][level], f"{name} — {level} level", ci))
@@ -293,8 +352,8 @@ def _metrics_table(level: Mapping[str, Any], caption: str, ci: float) -> str:
     return table
 
 
-def _roc_section(labelled: pd.DataFrame, model_names: list[str]) -> str:
-    png = _roc_figure(labelled, model_names)
+def _roc_section(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> str:
+    png = _roc_figure(labelled, model_names, metrics)
     return (
         '<h2 id="roc">ROC curves (study level)</h2>'
         f'<figure><img alt="ROC curves per body part" src="data:image/png;base64,{png}">'
@@ -304,21 +363,20 @@ def _roc_section(labelled: pd.DataFrame, model_names: list[str]) -> str:
     )
 
 
-def _roc_figure(labelled: pd.DataFrame, model_names: list[str]) -> str:
+def _roc_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> str:
+    """The small-multiples ROC figure as base64 PNG; curves from the rows, AUCs read from ``metrics``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from sklearn.metrics import roc_auc_score, roc_curve
 
     parts = _parts(labelled)
     panels = ["overall"] + sorted(set(parts.tolist()))
-    lines = [(ENSEMBLE_NAME, "prob")] + [(n, f"prob__{n}") for n in model_names]
+    lines = [(_ensemble_label(metrics), "prob")] + [(n, f"prob__{n}") for n in model_names]
     lines = [(name, col) for name, col in lines if col in labelled.columns]
     ncols = min(4, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig = Figure(figsize=(3.1 * ncols, 3.1 * nrows), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    colours = [f"C{i}" for i in range(10)]
     labels = _numeric(labelled, "label")
     all_parts = set(parts.tolist())
     # A specialist's probabilities cover only its body part: in the overall
@@ -326,33 +384,18 @@ def _roc_figure(labelled: pd.DataFrame, model_names: list[str]) -> str:
     covers_all = {col: set(parts[np.isfinite(_numeric(labelled, col))].tolist()) == all_parts for _, col in lines}
     for ax, panel in zip(axes.flat, panels):
         mask = np.ones(len(labelled), bool) if panel == "overall" else parts == panel
-        ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls="--")
-        ax.set_title(panel, fontsize=10)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_aspect("equal")
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("1 − specificity", fontsize=8)
-        ax.set_ylabel("sensitivity", fontsize=8)
+        _roc_axes(ax, panel)
         drawn = 0
         for i, (name, col) in enumerate(lines):
-            if panel == "overall" and not covers_all[col] and name != ENSEMBLE_NAME:
+            if panel == "overall" and not covers_all[col] and col != "prob":
                 continue
             probs = _numeric(labelled, col)
             keep = mask & np.isfinite(probs) & np.isfinite(labels)
             y, p = labels[keep].astype(int), probs[keep]
             if y.size == 0 or y.min() == y.max():
                 continue
-            fpr, tpr, _ = roc_curve(y, p)
-            is_ensemble = name == ENSEMBLE_NAME
-            ax.plot(
-                fpr,
-                tpr,
-                color="black" if is_ensemble else colours[(i - 1) % 10],
-                lw=1.8 if is_ensemble else 1.0,
-                label=f"{name} ({roc_auc_score(y, p):.3f})",
-                zorder=3 if is_ensemble else 2,
-            )
+            auc = format_metric(_study_auc(metrics, col, panel))
+            _roc_line(ax, y, p, label=f"{name} ({auc})", colour=None if col == "prob" else f"C{(i - 1) % 10}")
             drawn += 1
         if drawn:
             ax.legend(loc="lower right", fontsize=6, title="AUC", title_fontsize=6, frameon=False)
@@ -366,19 +409,54 @@ def _roc_figure(labelled: pd.DataFrame, model_names: list[str]) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _confusion_section(labelled: pd.DataFrame, threshold: float) -> str:
-    probs = _numeric(labelled, "prob")
-    labels = _numeric(labelled, "label")
-    keep = np.isfinite(probs) & np.isfinite(labels)
-    if not keep.any():
+def _roc_axes(ax, panel: str) -> None:
+    ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls="--")
+    ax.set_title(panel, fontsize=10)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("1 − specificity", fontsize=8)
+    ax.set_ylabel("sensitivity", fontsize=8)
+
+
+def _roc_line(ax, y: np.ndarray, p: np.ndarray, *, label: str, colour: str | None) -> None:
+    """One ROC curve: a model's in ``colour``, the ensemble's (``colour`` None) black and thicker."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, p)
+    is_ensemble = colour is None
+    ax.plot(
+        fpr,
+        tpr,
+        color="black" if is_ensemble else colour,
+        lw=1.8 if is_ensemble else 1.0,
+        label=label,
+        zorder=3 if is_ensemble else 2,
+    )
+
+
+def _study_auc(metrics: Mapping[str, Any], column: str, panel: str) -> float | None:
+    """The study-level AUC that ``metrics`` holds for ``column`` (``prob`` = the ensemble) on ``panel``."""
+    if column == "prob":
+        level = metrics.get("study")
+    else:
+        level = ((metrics.get("models") or {}).get(column[len("prob__") :]) or {}).get("study")
+    level = level or {}
+    group = level.get("overall") if panel == "overall" else (level.get("by_body_part") or {}).get(panel)
+    return (group or {}).get("auc")
+
+
+def _confusion_section(metrics: Mapping[str, Any], threshold: float) -> str:
+    """The ensemble's study-level confusion matrix, overall and per body part, from ``metrics``' counts."""
+    study = metrics.get("study") or {}
+    overall = study.get("overall") or {}
+    if not overall.get("n"):
         return ""
-    parts = _parts(labelled)[keep]
-    y = labels[keep].astype(int)
-    pred = (probs[keep] > threshold).astype(int)
-    tn, fp, fn, tp = (int(np.sum((y == a) & (pred == b))) for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    tn, fp, fn, tp = confusion_counts(overall)
     matrix = (
         '<table class="confusion"><caption>ensemble, all body parts '
-        f"(n = {int(keep.sum()):,})</caption>"
+        f"(n = {int(overall['n']):,})</caption>"
         '<tr><th></th><th>predicted normal</th><th>predicted abnormal</th><th class="num">total</th></tr>'
         f'<tr><th>normal</th><td class="hit">{tn:,}</td><td>{fp:,}</td><td class="num">{tn + fp:,}</td></tr>'
         f'<tr><th>abnormal</th><td>{fn:,}</td><td class="hit">{tp:,}</td><td class="num">{fn + tp:,}</td></tr>'
@@ -386,16 +464,302 @@ def _confusion_section(labelled: pd.DataFrame, threshold: float) -> str:
         "</table>"
     )
     rows = []
-    for part in sorted(set(parts.tolist())):
-        m = parts == part
-        yp, pp = y[m], pred[m]
-        counts = [int(np.sum((yp == a) & (pp == b))) for a, b in ((1, 1), (0, 1), (1, 0), (0, 0))]
-        rows.append([part, *(f"{c:,}" for c in counts), f"{int(m.sum()):,}"])
+    for part, group in sorted((study.get("by_body_part") or {}).items()):
+        if not group.get("n"):
+            continue
+        p_tn, p_fp, p_fn, p_tp = confusion_counts(group)
+        rows.append([part, *(f"{c:,}" for c in (p_tp, p_fp, p_fn, p_tn)), f"{int(group['n']):,}"])
     per_part = _table(["body part", "TP", "FP", "FN", "TN", "n"], rows, caption="per body part", numeric_from=1)
+    rule = "the fitted per-part thresholds" if metrics.get("ensemble_thresholds") else f"probability &gt; {threshold:g}"
     return (
         '<h2 id="confusion">Confusion matrix (ensemble, study level)</h2>'
-        f'<p class="note">Rows: label; columns: prediction (probability &gt; {threshold:g}).</p>' + matrix + per_part
+        f'<p class="note">Rows: label; columns: prediction ({rule}).</p>' + matrix + per_part
     )
+
+
+# --------------------------------------------------------------------------
+# Forest plots, the fitted ensemble, reliability diagrams
+# --------------------------------------------------------------------------
+
+
+def _ensemble_label(metrics: Mapping[str, Any]) -> str:
+    """The ensemble's name in tables and plots: ``fitted ensemble``, ``body_part ensemble``..., else ``ensemble``."""
+    name = metrics.get("ensemble")
+    return f"{name} {ENSEMBLE_NAME}" if name else ENSEMBLE_NAME
+
+
+def _baseline_label(name: str) -> str:
+    return f"{name} mean (baseline)"
+
+
+def _details(summary_html: str, text: str) -> str:
+    """A collapsed ``<details>`` block: ``summary_html`` (already escaped) over a ``<pre>`` of ``text``."""
+    return f"<details><summary>{summary_html}</summary><pre>{_e(text)}</pre></details>"
+
+
+def _group(level: Mapping[str, Any] | None, panel: str) -> Mapping[str, Any] | None:
+    """A level's GROUP for ``panel`` (``overall`` or a body part)."""
+    level = level or {}
+    return level.get("overall") if panel == "overall" else (level.get("by_body_part") or {}).get(panel)
+
+
+def _parts_with_rows(level: Mapping[str, Any] | None) -> set[str]:
+    return {part for part, group in ((level or {}).get("by_body_part") or {}).items() if (group or {}).get("n")}
+
+
+def _forest_rows(metrics: Mapping[str, Any], model_names: list[str], panel: str) -> list[tuple[str, Mapping, str]]:
+    """``(label, GROUP, colour)`` of each line of a forest panel: the ensemble, the baselines, the models.
+
+    Models are coloured as in the ROC figure; a model that does not cover every body part (a
+    specialist) is left out of the ``overall`` panel, whose number would describe its parts only.
+    """
+    rows = []
+    ensemble = _group(metrics.get("study"), panel)
+    if ensemble is not None:
+        rows.append((_ensemble_label(metrics), ensemble, "black"))
+    for name, levels in (metrics.get("baselines") or {}).items():
+        group = _group((levels or {}).get("study"), panel)
+        if group is not None:
+            rows.append((_baseline_label(name), group, "0.5"))
+    everywhere = _parts_with_rows(metrics.get("study"))
+    per_model = metrics.get("models") or {}
+    for i, name in enumerate(model_names):
+        level = (per_model.get(name) or {}).get("study")
+        if panel == "overall" and not everywhere <= _parts_with_rows(level):
+            continue
+        group = _group(level, panel)
+        if group is not None and group.get("n"):
+            rows.append((name, group, f"C{i % 10}"))
+    return rows
+
+
+def _forest_section(metrics: Mapping[str, Any], model_names: list[str]) -> str:
+    """Study kappa with its interval per body part: one small figure per part, on one shared axis."""
+    study = metrics.get("study") or {}
+    panels = ["overall"] + sorted(study.get("by_body_part") or {})
+    rows = {panel: _forest_rows(metrics, model_names, panel) for panel in panels}
+    values = [v for lines in rows.values() for _, g, _ in lines for v in [g.get("kappa"), *(g.get("kappa_ci") or [])]]
+    lowest = min([v for v in values if v is not None] + [0.0])
+    xmin = max(-1.0, math.floor((lowest - 0.05) * 10) / 10)
+    figures = []
+    for panel in panels:
+        if rows[panel]:
+            png = _forest_png(panel, rows[panel], xmin, int((_group(study, panel) or {}).get("n") or 0))
+            figures.append(f'<figure><img alt="study kappa, {_e(panel)}" src="data:image/png;base64,{png}"></figure>')
+    ci = 100 * float((metrics.get("bootstrap") or {}).get("ci", 0.95))
+    baseline = ", the plain-mean baseline (grey)" if metrics.get("baselines") else ""
+    note = (
+        f"Study-level Cohen's kappa (dot) with its {ci:g}% bootstrap interval (bar) for the ensemble "
+        f"(black){baseline} and every model serving the part; the dashed line is chance agreement. "
+        "Specialists appear in their own parts only. Values from metrics.json."
+    )
+    return (
+        f'<h2 id="forest">Study kappa per body part</h2><p class="note">{_e(note)}</p>'
+        f'<div class="forest">{"".join(figures)}</div>'
+    )
+
+
+def _forest_png(panel: str, rows: list[tuple[str, Mapping, str]], xmin: float, n: int) -> str:
+    """One forest panel as base64 PNG; each line's numbers are printed at its right."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.4, 0.3 * len(rows) + 0.75), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ys = np.arange(len(rows))[::-1]
+    for y, (_, group, colour) in zip(ys, rows):
+        kappa = group.get("kappa")
+        lo, hi = (list(group.get("kappa_ci") or []) + [None, None])[:2]
+        strong = colour == "black"
+        if kappa is None:
+            ax.text(max(xmin, 0.0), y, "n/a", va="center", ha="left", fontsize=7, color="0.4")
+        else:
+            if lo is not None and hi is not None:
+                ax.plot([lo, hi], [y, y], color=colour, lw=2.0 if strong else 1.3, solid_capstyle="butt")
+            ax.plot([kappa], [y], marker="D" if strong else "o", ms=5 if strong else 4, color=colour, zorder=3)
+        text = _fmt_interval(kappa, lo, hi)
+        ax.text(1.02, y, text, transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=7)
+    ax.axvline(0.0, color="0.7", lw=0.8, ls="--")
+    ax.set_yticks(ys, [label for label, _, _ in rows], fontsize=7.5)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlim(xmin, 1.04)  # room for an interval that ends at 1
+    ax.set_xticks([t for t in np.arange(-1.0, 1.01, 0.2) if t >= xmin - 1e-9])
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("study kappa", fontsize=7.5)
+    ax.set_title(f"{panel} (n = {n:,})", fontsize=9, loc="left")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _fmt_interval(value: float | None, lo: float | None, hi: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return format_metric(value) + ("" if lo is None or hi is None else f" [{lo:.2f}, {hi:.2f}]")
+
+
+def _fitted_section(fitted: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """The fitted ensemble's weights, calibrators and thresholds per body part, as the ensemble file holds them."""
+    members = [str(m.get("name")) for m in fitted.get("members") or []]
+    head = ["body part", "status", "studies (abn.)", *members]
+    head += ["calibration", "threshold", "CV kappa plain → fitted", "CV AUC plain → fitted"]
+    rows, notes = [], []
+    for part, model in sorted((fitted.get("parts") or {}).items()):
+        weights = model.get("weights") or {}
+        quality = model.get("quality") or {}
+        rows.append(
+            [
+                part,
+                str(model.get("status", "")).replace("_", " "),
+                f"{model.get('n_studies', 0):,} ({model.get('n_positive', 0):,})",
+            ]
+            + [format_metric(weights[m]) if m in weights else "—" for m in members]
+            + [_calibrator_text(model.get("calibrator")), format_metric(model.get("threshold"))]
+            + [_cv_change(quality, key) for key in ("kappa", "auc")]
+        )
+        notes += [f"{part}: {note}" for note in model.get("notes") or []]
+    glob = fitted.get("global") or {}
+    rows.append(
+        ["any other part", "plain mean", ""]
+        + [""] * len(members)
+        + [_calibrator_text(glob.get("calibrator")), format_metric(glob.get("threshold")), "", ""]
+    )
+    notes += [str(note) for note in fitted.get("notes") or []]
+    fitting = fitted.get("fitting") or {}
+    settings = fitted.get("settings") or {}
+    facts = (
+        f"Fitted on {int(fitting.get('n_studies') or 0):,} labelled studies (sha256 {str(fitting.get('sha256', ''))[:12]}), "
+        f"calibration {settings.get('calibrate', 'none')}, threshold rule {settings.get('threshold_rule', '')}. "
+        "A study's probability is the weighted mean of its part's models, then the part's calibrator; "
+        "it is predicted abnormal above the part's threshold. CV: patient-grouped cross-validation inside the fitting set."
+    )
+    overlap = (metrics.get("ensemble_file") or {}).get("overlapping_studies")
+    if overlap:
+        facts += f" Warning: {overlap:,} scored studies were in the fitting set; their metrics are optimistic."
+    caption = "Per body part: studies it was fitted on, each member's weight (—: does not serve the part), calibration, threshold"
+    table = _table(head, rows, caption=caption, numeric_from=2, overall_last=True, css_class="fitted")
+    return (
+        f'<h2 id="fitted">Fitted ensemble</h2><p class="note">{_e(facts)}</p>{table}'
+        + (_details(f"Fitting notes ({len(notes)})", "\n".join(notes)) if notes else "")
+        + _details("ensemble.json", _ensemble_json_text(fitted))
+    )
+
+
+def _calibrator_text(calibrator: Mapping[str, Any] | None) -> str:
+    calibrator = calibrator or {}
+    method = calibrator.get("method", "none")
+    if method == "platt":
+        return f"Platt a={calibrator.get('a', 0):.3g} b={calibrator.get('b', 0):.3g}"
+    if method == "isotonic":
+        return f"isotonic ({len(calibrator.get('x') or [])} points)"
+    return str(method)
+
+
+def _cv_change(quality: Mapping[str, Any], key: str) -> str:
+    plain, fitted = (quality.get("plain") or {}).get(key), (quality.get("fitted_cv") or {}).get(key)
+    if plain is None and fitted is None:
+        return ""
+    return f"{format_metric(plain)} → {format_metric(fitted)}"
+
+
+def _ensemble_json_text(fitted: Mapping[str, Any]) -> str:
+    """The ensemble file's content for a <details> block, its list of fitting study keys shortened to a count."""
+    shown = dict(fitted)
+    fitting = dict(shown.get("fitting") or {})
+    if isinstance(fitting.get("studies"), list):
+        fitting["studies"] = f"[{len(fitting['studies']):,} study keys]"
+        shown["fitting"] = fitting
+    text = json.dumps(shown, indent=1, default=str)
+    return text if len(text) <= MAX_CARD_JSON_CHARS else text[:MAX_CARD_JSON_CHARS] + "\n… (cut; see the ensemble file)"
+
+
+def _calibration_section(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> str:
+    png = _calibration_figure(labelled, model_names, metrics)
+    return (
+        '<h2 id="calibration">Calibration (study level)</h2>'
+        f'<figure><img alt="reliability diagrams per body part" src="data:image/png;base64,{png}">'
+        "<figcaption>Reliability diagrams: studies binned by probability (5 bins of width 0.2); each point is a "
+        "bin's mean probability against the fraction of its studies labelled abnormal; on the diagonal a "
+        "probability means what it says. Brier score (mean squared difference between probability and label, "
+        "lower is better) in the legend, computed here from the study rows. Specialists appear in their "
+        "body part's panel only.</figcaption></figure>"
+    )
+
+
+def _calibration_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> str:
+    """Reliability diagrams per body part and overall, one line per model and the ensemble, as base64 PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    parts = _parts(labelled)
+    panels = ["overall"] + sorted(set(parts.tolist()))
+    lines = [(_ensemble_label(metrics), "prob")] + [(n, f"prob__{n}") for n in model_names]
+    colours = {"prob": "black", **{f"prob__{n}": f"C{i % 10}" for i, n in enumerate(model_names)}}
+    lines = [(name, col) for name, col in lines if col in labelled.columns]
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(3.1 * ncols, 3.1 * nrows), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    labels = _numeric(labelled, "label")
+    every = set(parts.tolist())
+    covers = {col: set(parts[np.isfinite(_numeric(labelled, col))].tolist()) == every for _, col in lines}
+    for ax, panel in zip(axes.flat, panels):
+        mask = np.ones(len(labelled), bool) if panel == "overall" else parts == panel
+        _reliability_axes(ax, panel)
+        for name, col in lines:
+            if panel == "overall" and not covers[col] and col != "prob":
+                continue
+            probs = _numeric(labelled, col)
+            keep = mask & np.isfinite(probs) & np.isfinite(labels)
+            if not keep.any():
+                continue
+            xs, ys, brier = reliability_points(labels[keep], probs[keep])
+            strong = col == "prob"
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                ms=3.5,
+                lw=1.8 if strong else 1.0,
+                color=colours[col],
+                label=f"{name} ({brier:.3f})",
+                zorder=3 if strong else 2,
+            )
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=6, title="Brier", title_fontsize=6, framealpha=0.85, edgecolor="0.85")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def reliability_points(y: np.ndarray, p: np.ndarray, bins: int = 5) -> tuple[list[float], list[float], float]:
+    """A reliability diagram's points and the Brier score of labels ``y`` (0/1) and probabilities ``p``.
+
+    ``p`` is cut into ``bins`` equal-width bins on [0, 1] (1.0 in the last); each non-empty
+    bin gives (mean probability, fraction of ``y`` = 1). Brier = mean of ``(p - y) ** 2``.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    which = np.clip((p * bins).astype(int), 0, bins - 1)
+    used = [b for b in range(bins) if np.any(which == b)]
+    xs = [float(p[which == b].mean()) for b in used]
+    ys = [float(y[which == b].mean()) for b in used]
+    return xs, ys, float(np.mean((p - y) ** 2))
+
+
+def _reliability_axes(ax, panel: str) -> None:
+    ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls="--")
+    ax.set_title(panel, fontsize=10)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_aspect("equal")
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("mean probability", fontsize=8)
+    ax.set_ylabel("fraction abnormal", fontsize=8)
 
 
 def _failed_section(failed: pd.DataFrame) -> str:
@@ -486,7 +850,7 @@ def _model_details(model: Mapping[str, Any]) -> str:
             text = json.dumps(value, indent=1, sort_keys=False, default=str)
             if len(text) > MAX_CARD_JSON_CHARS:
                 text = text[:MAX_CARD_JSON_CHARS] + "\n… (cut; see card.json)"
-            parts.append(f'<div class="muted">card.json: <code>{_e(key)}</code></div><pre>{_e(text)}</pre>')
+            parts.append(_details(f"card.json: <code>{_e(key)}</code> ({text.count(chr(10)) + 1:,} lines)", text))
     elif model.get("card_error"):
         parts.append(f'<p class="note">card.json unreadable: {_e(model["card_error"])}</p>')
     else:
@@ -502,10 +866,6 @@ def _model_details(model: Mapping[str, Any]) -> str:
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
 def _pct(k: int, n: int) -> str:
@@ -554,12 +914,13 @@ def _table(
     caption: str | None = None,
     numeric_from: int | None = None,
     overall_last: bool = False,
+    css_class: str | None = None,
 ) -> str:
     def cls(i: int) -> str:
         return ' class="num"' if numeric_from is not None and i >= numeric_from else ""
 
     rows = list(rows)
-    parts = ["<table>"]
+    parts = [f'<table class="{css_class}">' if css_class else "<table>"]
     if caption:
         parts.append(f"<caption>{_e(caption)}</caption>")
     parts.append("<tr>" + "".join(f"<th{cls(i)}>{_e(h)}</th>" for i, h in enumerate(head)) + "</tr>")

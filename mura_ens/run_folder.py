@@ -8,6 +8,21 @@
 Every exported ONNX model carries :class:`ModelMetadata` in its ``metadata_props``
 (``to_onnx_props`` / ``from_onnx_props``); ``card.json`` is read and written with
 :func:`read_card` / :func:`write_card`. Nothing here imports TensorFlow or onnxruntime.
+
+Finished and unfinished runs (the rule every reader applies, :func:`is_finished_run`):
+
+- a folder is a *run folder* when it holds ``card.json`` or any file only training writes
+  there (:data:`RUN_ARTIFACTS`: ``best.keras``, ``history.tsv``, ``evaluation.json``,
+  ``curves.png``, ``parity_batch.npz``, ``tensorboard/``) -- :func:`is_run_folder`;
+- a run folder is *finished* when ``card.json`` is present. Training writes ``card.json`` last,
+  atomically (temp file + rename), after ``model.onnx`` has passed its parity check, so a run
+  killed at any moment before that has no card;
+- a run folder without ``card.json`` is *unfinished* (:func:`is_unfinished_run`): ``score --models``
+  skips its ``model.onnx`` / ``model.int8.onnx`` and says how many runs it skipped and where;
+- an ONNX file in a folder that is not a run folder (e.g. ``my_models/densenet/model.onnx`` or
+  ``my_models/resnet.onnx`` alone) is a user's own model and is used as it is.
+
+A temporary folder a run is built in must not hold ``card.json`` until the run is complete.
 """
 
 from __future__ import annotations
@@ -24,7 +39,9 @@ from .constants import BODY_PARTS
 from .errors import UsageError
 
 MODEL_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
+#: ``X.int8.onnx`` is the int8 twin of ``X.onnx``.
+INT8_SUFFIX = ".int8.onnx"
+INT8_FILE = "model" + INT8_SUFFIX
 CARD_FILE = "card.json"
 BEST_FILE = "best.keras"
 HISTORY_FILE = "history.tsv"
@@ -33,6 +50,16 @@ CURVES_FILE = "curves.png"
 #: A few real, preprocessed data images kept so that ``mura-ens export`` can re-check parity.
 PARITY_BATCH_FILE = "parity_batch.npz"
 TENSORBOARD_DIR = "tensorboard"
+#: What only the training side writes into a run folder (besides the models and ``card.json``): any of them
+#: marks a folder as a run folder (:func:`is_run_folder`), finished or not.
+RUN_ARTIFACTS: tuple[str, ...] = (
+    BEST_FILE,
+    HISTORY_FILE,
+    EVALUATION_FILE,
+    CURVES_FILE,
+    PARITY_BATCH_FILE,
+    TENSORBOARD_DIR,
+)
 
 #: How images are brought to the model's square input: stretch, or pad to square then resize.
 RESIZE_POLICIES: tuple[str, ...] = ("stretch", "pad")
@@ -40,6 +67,9 @@ DEFAULT_THRESHOLD = 0.5
 
 # The order of the props as written; kept stable so re-exports give the same bytes.
 _PROP_ORDER = ("plugin", "model_name", "body_parts", "input_size", "resize_policy", "threshold", "mura_ens_version")
+#: Props int8 models add (``mura_ens.onnx.quantize``): how they were quantized and on how many images.
+QUANTIZATION_PROP = "quantization"
+CALIBRATION_IMAGES_PROP = "calibration_images"
 
 
 class MetadataError(ValueError):
@@ -79,12 +109,19 @@ class ModelMetadata:
 
     @classmethod
     def from_onnx_props(
-        cls, props: Mapping[str, str], *, default_name: str, static_size: int | None = None
+        cls,
+        props: Mapping[str, str],
+        *,
+        default_name: str,
+        static_size: int | None = None,
+        input_shape: str | None = None,
     ) -> ModelMetadata:
         """Parse ``metadata_props``; missing fields fall back (name ``default_name``, size ``static_size``,
         policy ``stretch``, threshold 0.5, generalist). Raises :class:`MetadataError` for unusable values.
+
+        ``input_shape``: the model input's shape as text (e.g. ``(N, 32, 32, 3)``), named in errors about the size.
         """
-        size = _input_size(props, static_size)
+        size = _input_size(props, static_size, input_shape)
         policy = props.get("resize_policy", "").strip() or "stretch"
         if policy not in RESIZE_POLICIES:
             raise MetadataError(f"metadata resize_policy {policy!r} is not one of {', '.join(RESIZE_POLICIES)}")
@@ -105,19 +142,41 @@ class ModelMetadata:
         )
 
 
-def _input_size(props: Mapping[str, str], static_size: int | None) -> int:
+def as_onnx_props(metadata: ModelMetadata | Mapping[str, Any]) -> dict[str, str]:
+    """``metadata_props`` as an ordered ``str -> str`` dict, from a :class:`ModelMetadata` or a plain mapping."""
+    if isinstance(metadata, ModelMetadata):
+        return metadata.to_onnx_props()
+    return {str(key): str(value) for key, value in metadata.items()}
+
+
+def read_onnx_props(model_proto: Any) -> dict[str, str]:
+    """The ``metadata_props`` of an ``onnx.ModelProto`` as a dict (in file order)."""
+    return {prop.key: prop.value for prop in model_proto.metadata_props}
+
+
+def write_onnx_props(model_proto: Any, metadata: ModelMetadata | Mapping[str, Any]) -> None:
+    """Replace the ``metadata_props`` of an ``onnx.ModelProto`` with ``metadata`` (values as strings)."""
+    del model_proto.metadata_props[:]
+    for key, value in as_onnx_props(metadata).items():
+        prop = model_proto.metadata_props.add()
+        prop.key, prop.value = key, value
+
+
+def _input_size(props: Mapping[str, str], static_size: int | None, input_shape: str | None) -> int:
     text = props.get("input_size", "").strip()
     if text:
         try:
             size = int(text)
         except ValueError:
-            raise MetadataError(f"metadata input_size {text!r} is not an integer") from None
+            raise MetadataError(f"metadata input_size {props['input_size']!r} is not an integer") from None
         if static_size is not None and static_size != size:
-            raise MetadataError(f"metadata input_size {size} disagrees with the input's static size {static_size}")
+            shown = f"input shape {input_shape}" if input_shape else f"the input's static size {static_size}"
+            raise MetadataError(f"metadata input_size {size} disagrees with {shown}")
     elif static_size:
         size = static_size
     else:
-        raise MetadataError("the input has no fixed size and metadata has no input_size")
+        shown = f"input shape {input_shape}" if input_shape else "the input"
+        raise MetadataError(f"{shown} has no fixed size and metadata has no input_size")
     if size <= 0:
         raise MetadataError(f"input_size {size} must be positive")
     return size
@@ -128,7 +187,7 @@ def _threshold(props: Mapping[str, str]) -> float:
     try:
         threshold = float(text or DEFAULT_THRESHOLD)
     except ValueError:
-        raise MetadataError(f"metadata threshold {text!r} is not a number") from None
+        raise MetadataError(f"metadata threshold {props['threshold']!r} is not a number") from None
     if not 0.0 <= threshold <= 1.0:
         raise MetadataError(f"metadata threshold {threshold} is outside [0, 1]")
     return threshold
@@ -144,7 +203,38 @@ def default_model_name(path: str | os.PathLike) -> str:
 
 
 def card_path(run_dir: str | os.PathLike) -> Path:
+    """``RUN_DIR/card.json``."""
     return Path(run_dir) / CARD_FILE
+
+
+def is_finished_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` is a finished run: its ``card.json`` is present (written last, atomically)."""
+    return card_path(run_dir).is_file()
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a mura-ens run folder, finished or not: ``card.json`` or any of
+    :data:`RUN_ARTIFACTS` is in it. A folder holding only ONNX files is not one (a user's own models).
+    """
+    folder = Path(folder)
+    return any(os.path.lexists(folder / name) for name in (CARD_FILE, *RUN_ARTIFACTS))
+
+
+def is_unfinished_run(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a run folder without ``card.json``: a run killed (or still running) before it finished."""
+    return is_run_folder(folder) and not is_finished_run(folder)
+
+
+def require_run_files(run_dir: str | os.PathLike, *names: str) -> Path:
+    """``run_dir`` as a Path once it and each of ``names`` in it exist.
+
+    Raises :class:`UsageError` ``not a mura-ens run folder: <the first missing path> is missing``.
+    """
+    run_dir = Path(run_dir)
+    for needed in (run_dir, *(run_dir / name for name in names)):
+        if not needed.exists():
+            raise UsageError(f"not a mura-ens run folder: {needed} is missing")
+    return run_dir
 
 
 def read_card(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -166,3 +256,64 @@ def write_card(run_dir: str | os.PathLike, card: Mapping[str, Any]) -> Path:
     from .io import atomic_write_json
 
     return atomic_write_json(card_path(run_dir), dict(card))
+
+
+def update_card(run_dir: str | os.PathLike, sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Set top-level ``sections`` of ``card.json``, re-read just before (keeps what others wrote); the new card."""
+    card = read_card(run_dir)
+    card.update(sections)
+    write_card(run_dir, card)
+    return card
+
+
+def card_metadata(card: Mapping[str, Any], *, run_dir: str | os.PathLike) -> ModelMetadata:
+    """The card's ``onnx_metadata`` as :class:`ModelMetadata` (name defaults to the run folder's).
+
+    Raises :class:`UsageError` naming ``card.json`` when the section is missing or unusable.
+    """
+    try:
+        return ModelMetadata.from_onnx_props(card["onnx_metadata"], default_name=Path(run_dir).name)
+    except (MetadataError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{card_path(run_dir)} is not a mura-ens model card ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class FoldRecipe:
+    """How a run drew its rows, as recorded in ``card.json``: enough to draw them again.
+
+    ``source``/``manifest_sha256``/``split_seed``/``val_fraction`` come from the card's ``data``
+    section (the split seed and validation fraction fall back to ``config``), ``body_parts`` from
+    the card, ``max_images`` and ``seed`` (the image cap's seed) from ``config``.
+    See :func:`mura_ens.training.data.model_rows`.
+    """
+
+    source: str | None
+    manifest_sha256: str | None
+    split_seed: int
+    val_fraction: float
+    body_parts: tuple[str, ...]
+    max_images: int | None
+    seed: int
+
+    @classmethod
+    def from_card(cls, card: Mapping[str, Any]) -> FoldRecipe:
+        """Read the recipe; :class:`UsageError` for an unreadable seed, fraction or image cap."""
+        info = card.get("data") or {}
+        config = card.get("config") or {}
+        try:
+            split_seed = int(info.get("split_seed", config.get("seed", 0)))
+            val_fraction = float(info.get("val_fraction", config.get("val_fraction", 0.2)))
+            max_images = config.get("max_images")
+            return cls(
+                source=info.get("source"),
+                manifest_sha256=info.get("manifest_sha256"),
+                split_seed=split_seed,
+                val_fraction=val_fraction,
+                body_parts=tuple(card.get("body_parts") or ()),
+                max_images=int(max_images) if max_images else None,
+                seed=int(config.get("seed", split_seed)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"card.json has an unreadable split seed, validation fraction or max_images ({exc})"
+            ) from None

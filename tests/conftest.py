@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pytest
 from fakes import FakePlugin
+from onnx_graphs import make_run_dir
 from scoring_fixtures import tiny
 
 from mura_ens import registry
@@ -71,3 +72,9 @@ def fresh_registry():
     registry.refresh()
     yield
     registry.refresh()
+
+
+@pytest.fixture()
+def run_dir(tmp_path, synth_small) -> Path:
+    """A run folder as ``mura-ens train`` leaves it (a tiny CNN's model.onnx + card.json, no best.keras)."""
+    return make_run_dir(tmp_path, synth_small)

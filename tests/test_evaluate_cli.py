@@ -18,6 +18,7 @@ from mura_ens.cli.evaluate import evaluate_file
 from mura_ens.cli.main import main
 from mura_ens.constants import BODY_PARTS
 from mura_ens.errors import UsageError
+from mura_ens.metrics import NO_BOOTSTRAP, BootstrapSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,7 +125,7 @@ def test_evaluate_studies_csv_with_failed_studies_and_other_prob_column(tmp_path
     csv = tmp_path / "studies.csv"
     studies.to_csv(csv, index=False)
 
-    metrics = evaluate_file(csv, prob_column="prob__m1", n_bootstrap=100, seed=0)
+    metrics = evaluate_file(csv, prob_column="prob__m1", bootstrap=BootstrapSettings(n_resamples=100, seed=0))
     assert "image" not in metrics
     scored = studies.dropna(subset=["prob__m1"]).assign(prob=lambda f: f["prob__m1"])
     _assert_level_matches(metrics["study"], scored)
@@ -134,8 +135,8 @@ def test_evaluate_studies_csv_with_failed_studies_and_other_prob_column(tmp_path
 def test_threshold_option_changes_predictions(tmp_path):
     csv = tmp_path / "images.csv"
     _images(seed=2).to_csv(csv, index=False)
-    low = evaluate_file(csv, threshold=0.3, n_bootstrap=0)
-    high = evaluate_file(csv, threshold=0.7, n_bootstrap=0)
+    low = evaluate_file(csv, threshold=0.3, bootstrap=NO_BOOTSTRAP)
+    high = evaluate_file(csv, threshold=0.7, bootstrap=NO_BOOTSTRAP)
     assert low["threshold"] == 0.3
     assert low["study"]["overall"]["sensitivity"] > high["study"]["overall"]["sensitivity"]
     assert low["study"]["overall"]["auc"] == high["study"]["overall"]["auc"]

@@ -72,10 +72,17 @@ def test_export_run_rewrites_model_and_card(run_dir, tmp_path, capsys):
     shutil.copytree(run_dir, copy)
     (copy / "model.onnx").unlink()
     card_before = json.loads((copy / "card.json").read_text())
-    assert export_run(copy) == copy / "model.onnx"
+    exported = export_run(copy)
+    assert exported.path == copy / "model.onnx"
     assert read_onnx_metadata(copy / "model.onnx") == card_before["onnx_metadata"]
+    assert exported.metadata.to_onnx_props() == card_before["onnx_metadata"]
     card = json.loads((copy / "card.json").read_text())
     assert 0 <= card["onnx_max_abs_diff"] <= 1e-4 and card["export"]["parity_paths"]
+    # what was written is returned: the CLI prints it without re-reading the card
+    assert exported.export == card["export"] and exported.onnx_max_abs_diff == card["onnx_max_abs_diff"]
+    assert {k: v for k, v in card.items() if k not in ("export", "onnx_max_abs_diff")} == {
+        k: v for k, v in card_before.items() if k not in ("export", "onnx_max_abs_diff")
+    }
     # ONNX and Keras agree with the first export on the parity images
     images, _ = load_parity_batch(copy)
     first = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])

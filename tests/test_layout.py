@@ -29,7 +29,8 @@ def test_manifest_schema(full_walk):
         assert pd.api.types.is_string_dtype(m[column]), column
         assert not m[column].isna().any()
     assert all(os.path.isabs(p) for p in m["path"])
-    assert list(full_walk.skipped.columns) == ["path", "reason"]
+    assert list(full_walk.skipped.columns) == ["path", "reason", "study", "patient", "body_part", "label"]
+    assert str(full_walk.skipped["label"].dtype) == "Int64"
 
 
 def test_walk_of_root_matches_synth_counts(full_walk, synth_small):
@@ -169,3 +170,32 @@ def test_symlinked_start_folder_reads_the_target_ancestors(tmp_path):
     m = walk_mura(link).manifest
     assert m["path"].tolist() == [str(link / "patient11185" / "study1_positive" / "image1.png")]
     assert m["study"].tolist() == ["valid/XR_WRIST/patient11185/study1"]
+
+
+def test_skipped_files_carry_the_study_of_their_folder(tmp_path):
+    valid = tmp_path / "MURA-v1.1" / "valid"
+    hand = valid / "XR_HAND" / "patient11001" / "study1_positive"
+    hand.mkdir(parents=True)
+    (hand / "image1.png").write_bytes(b"png")
+    (hand / "._image1.png").write_bytes(b"meta")
+    empty = valid / "XR_WRIST" / "patient11002" / "study2_negative"
+    empty.mkdir(parents=True)
+    (valid / "README.txt").write_text("hi")
+    skipped = walk_mura(valid).skipped.set_index("path")
+    columns = ["reason", "study", "patient", "body_part", "label"]
+    assert skipped.loc[str(hand / "._image1.png"), columns].tolist() == [
+        "appledouble",
+        "valid/XR_HAND/patient11001/study1",
+        "patient11001",
+        "XR_HAND",
+        1,
+    ]
+    assert skipped.loc[str(empty), columns].tolist() == [
+        "empty_study",
+        "valid/XR_WRIST/patient11002/study2",
+        "patient11002",
+        "XR_WRIST",
+        0,
+    ]
+    stray = skipped.loc[str(valid / "README.txt"), columns]
+    assert stray[:4].tolist() == ["not_an_image_suffix", "", "", ""] and pd.isna(stray["label"])

@@ -121,6 +121,10 @@ def test_missing_files_unlisted_study_and_relabel(tmp_path):
     assert m.loc["valid/XR_FINGER/patient11186/study1", "label"] == 0  # not in the CSV: folder name
     reasons = sorted(result.skipped["reason"])
     assert reasons == ["duplicate", "missing_file"]
+    # a skipped file carries its folder's study as the manifest has it (CSV label included)
+    studies = result.skipped.set_index("reason")[["study", "label"]]
+    assert studies.loc["missing_file"].tolist() == ["valid/XR_FINGER/patient11185/study1", 0]
+    assert studies.loc["duplicate"].tolist() == ["valid/XR_FINGER/patient11186/study1", 0]
     missing = result.skipped.loc[result.skipped["reason"] == "missing_file", "path"].iat[0]
     assert missing.endswith("study1_positive/image2.png") and os.path.isabs(missing)
 

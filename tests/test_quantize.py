@@ -1,4 +1,4 @@
-"""int8 export (mura_ens.quantize) and the graph rewrite before it (mura_ens.onnx_rewrite). No TensorFlow.
+"""int8 export (mura_ens.onnx.quantize) and the graph rewrite before it (mura_ens.onnx.rewrite). No TensorFlow.
 
 The models are small convolutional graphs written with ``onnx.helper`` in the
 shape tf2onnx gives a Keras CNN: NHWC input, per-channel normalisation, a
@@ -12,116 +12,26 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pandas as pd
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_graphs import METADATA, SIZE, images, make_cnn, op_counts, probabilities, raw_outputs
 
 from mura_ens.errors import ModelError, UsageError
-from mura_ens.onnx_rewrite import REWRITE_TOLERANCE, check_rewrite_parity, rewrite_for_inference, rewrite_model_file
-from mura_ens.quantize import (
+from mura_ens.onnx.quantize import (
     INT8_FILE,
     QUANTIZATION,
+    QuantizedRun,
     calibration_sample,
     int8_agreement,
     quantize_model,
     quantize_run,
     run_folds,
 )
-
-SIZE = 32
-METADATA = {
-    "plugin": "tiny_cnn",
-    "model_name": "tiny_cnn",
-    "body_parts": "",
-    "input_size": str(SIZE),
-    "resize_policy": "stretch",
-    "threshold": "0.5",
-    "mura_ens_version": "0.1.0",
-}
-
-
-def make_cnn(path: Path, *, seed: int = 0, pad_source: str = "Relu", bn_after_conv: bool = False) -> Path:
-    """Write the small tf2onnx-shaped CNN described in the module docstring and return its path.
-
-    ``pad_source="Conv"`` pads a (possibly negative) conv output instead of a Relu output;
-    ``bn_after_conv`` puts the Mul+Add after a Conv (which ONNX Runtime fuses itself).
-    """
-    rng = np.random.default_rng(seed)
-    f = np.float32
-    inits = {
-        "norm_scale": np.full(3, 1 / 64, f),
-        "norm_shift": np.full(3, -2.0, f),
-        "w1": rng.normal(0, 0.4, (8, 3, 3, 3)).astype(f),
-        "b1": rng.normal(0, 0.1, 8).astype(f),
-        "w2": rng.normal(0, 0.3, (8, 8, 3, 3)).astype(f),
-        "b2": rng.normal(0, 0.1, 8).astype(f),
-        "bn_scale": rng.uniform(0.5, 1.5, (1, 16, 1, 1)).astype(f),
-        "bn_shift": rng.normal(0, 0.2, (1, 16, 1, 1)).astype(f),
-        "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
-        "w_head": rng.normal(0, 0.5, (16, 1)).astype(f),
-        "b_head": np.array([-0.5], f),
-    }
-    nodes = [
-        helper.make_node("Mul", ["image", "norm_scale"], ["normed0"]),
-        helper.make_node("Add", ["normed0", "norm_shift"], ["normed"]),
-        helper.make_node("Transpose", ["normed"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", ["nchw", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Concat", ["r1", "c2"], ["cat"], axis=1),
-    ]
-    if bn_after_conv:  # a Conv's own BatchNorm: left to onnxruntime's Conv+Mul/Add fusion
-        inits["w3"] = rng.normal(0, 0.3, (16, 16, 1, 1)).astype(f)
-        nodes.append(helper.make_node("Conv", ["cat", "w3"], ["bn_in"], kernel_shape=[1, 1]))
-    else:
-        nodes.append(helper.make_node("Identity", ["cat"], ["bn_in"]))
-    nodes += [
-        helper.make_node("Mul", ["bn_in", "bn_scale"], ["bn_mul"], name="block_bn/mul"),
-        helper.make_node("Add", ["bn_mul", "bn_shift"], ["bn"], name="block_bn/add"),
-        helper.make_node("Relu", ["bn"], ["r2"]),
-    ]
-    pad_input = "r2" if pad_source == "Relu" else "bn"
-    nodes += [
-        helper.make_node("Pad", [pad_input, "pads"], ["padded"], mode="constant"),
-        helper.make_node("MaxPool", ["padded"], ["pooled"], kernel_shape=[3, 3], strides=[2, 2]),
-        helper.make_node("GlobalAveragePool", ["pooled"], ["gap"]),
-        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "w_head"], ["logit0"]),
-        helper.make_node("Add", ["logit0", "b_head"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["prob"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_cnn",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1])],
-        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, METADATA)
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
-
-def images(n: int, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3)).astype(np.float32)
-
-
-def op_counts(model) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
-
-
-# --------------------------------------------------------------------------- graph rewrite
+from mura_ens.onnx.rewrite import REWRITE_TOLERANCE, check_rewrite_parity, rewrite_for_inference, rewrite_model_file
 
 
 def test_rewrite_turns_bn_into_depthwise_conv_and_folds_the_pad(tmp_path):
@@ -158,7 +68,7 @@ def test_rewrite_model_file_checks_parity(tmp_path, monkeypatch):
     assert summary.max_abs_diff is not None and summary.max_abs_diff <= REWRITE_TOLERANCE
     assert {p.key: p.value for p in onnx.load(str(tmp_path / "rw.onnx")).metadata_props} == METADATA
 
-    import mura_ens.onnx_rewrite as rw
+    import mura_ens.onnx.rewrite as rw
 
     monkeypatch.setattr(rw, "check_rewrite_parity", lambda *a, **k: 0.5)
     with pytest.raises(ModelError, match="0.5"):
@@ -181,10 +91,8 @@ def test_quantize_model_writes_qdq_int8_close_to_fp32(tmp_path):
     assert ops.get("QuantizeLinear", 0) >= 3 and ops.get("DequantizeLinear", 0) >= 6
     weights = [numpy_helper.to_array(t) for t in model.graph.initializer if numpy_helper.to_array(t).dtype == np.int8]
     assert any(w.ndim == 4 for w in weights)  # conv weights stored as int8
-    from mura_ens.onnx_rewrite import model_outputs
-
     test = images(16, seed=3)
-    diff = np.abs(model_outputs(str(source), test) - model_outputs(str(result.path), test))
+    diff = np.abs(probabilities(source, test) - probabilities(result.path, test))
     assert diff.max() < 0.05  # int8 rounding, not a different function
 
 
@@ -194,32 +102,6 @@ def test_quantize_model_needs_images(tmp_path):
 
 
 # --------------------------------------------------------------------------- run folders
-
-
-@pytest.fixture()
-def run_dir(tmp_path, synth_small) -> Path:
-    """A run folder as ``mura-ens train`` leaves it (model.onnx + card.json) for the synth_small data."""
-    from mura_ens.training.data import load_training_data
-
-    run = tmp_path / "tiny_cnn"
-    make_cnn(run / "model.onnx")
-    data = load_training_data(synth_small["root"], val_fraction=0.25, seed=5)
-    card = {
-        "model_name": "tiny_cnn",
-        "plugin": "tiny_cnn",
-        "body_parts": [],
-        "input_size": SIZE,
-        "onnx_metadata": METADATA,
-        "config": {"seed": 5, "val_fraction": 0.25, "max_images": None, "image_size": SIZE},
-        "data": {
-            "source": synth_small["root"],
-            "manifest_sha256": data.manifest_sha256,
-            "split_seed": 5,
-            "val_fraction": 0.25,
-        },
-    }
-    (run / "card.json").write_text(json.dumps(card), encoding="utf-8")
-    return run
 
 
 def test_run_folds_rederive_the_training_split(run_dir, synth_small):
@@ -239,6 +121,23 @@ def test_run_folds_rederive_the_training_split(run_dir, synth_small):
     assert used_again == used and np.array_equal(again, sample)
 
 
+def test_run_folds_use_the_trainers_row_selection(run_dir, synth_small):
+    from mura_ens.training.data import load_training_data, model_rows
+
+    card = json.loads((run_dir / "card.json").read_text())
+    card["body_parts"] = ["XR_WRIST"]
+    card["config"]["max_images"] = 6
+    rows = run_folds(card)
+    data = load_training_data(synth_small["root"], val_fraction=0.25, seed=5)
+    expected = model_rows(data.frame, ("XR_WRIST",), 6, seed=5)
+    pd.testing.assert_frame_equal(rows, expected)
+    assert set(rows["body_part"]) == {"XR_WRIST"}
+    assert rows.groupby("fold").size().max() <= 6 < len(data.frame.loc[data.frame["body_part"] == "XR_WRIST"])
+    card["config"]["max_images"] = "many"
+    with pytest.raises(UsageError, match="card.json has an unreadable"):
+        run_folds(card)
+
+
 def test_run_folds_refuses_other_data(run_dir):
     card = json.loads((run_dir / "card.json").read_text())
     card["data"]["manifest_sha256"] = "0" * 64
@@ -250,8 +149,9 @@ def test_run_folds_refuses_other_data(run_dir):
 
 
 def test_quantize_run_writes_int8_and_records_agreement(run_dir, synth_small, tmp_path):
-    path = quantize_run(run_dir, calibration_images=12, seed=0)
-    assert path == run_dir / INT8_FILE and path.is_file()
+    result = quantize_run(run_dir, calibration_images=12, seed=0)
+    path = result.path
+    assert isinstance(result, QuantizedRun) and path == run_dir / INT8_FILE and path.is_file()
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta["quantization"] == QUANTIZATION and meta["calibration_images"] == "12"
     assert all(meta[k] == v for k, v in METADATA.items())
@@ -259,6 +159,7 @@ def test_quantize_run_writes_int8_and_records_agreement(run_dir, synth_small, tm
     card = json.loads((run_dir / "card.json").read_text())
     assert card["model_name"] == "tiny_cnn"  # the rest of the card is kept
     section = card["int8"]
+    assert section == result.section and result.agreement == section["agreement"]  # what was written is returned
     assert section["quantization"] == QUANTIZATION and section["calibration"]["images"] == 12
     assert section["calibration"]["fold"] == "train" and section["graph_rewrite"]["applied"]
     agreement = section["agreement"]
@@ -320,7 +221,7 @@ def test_quantize_run_bad_folders(tmp_path, run_dir):
 def test_quantize_never_imports_tensorflow(run_dir):
     code = (
         "import sys\n"
-        "from mura_ens.quantize import quantize_run\n"
+        "from mura_ens.onnx.quantize import quantize_run\n"
         f"quantize_run({str(run_dir)!r}, calibration_images=4, evaluate=False)\n"
         "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -366,9 +267,7 @@ def test_average_pool_moves_before_a_pointwise_conv():
         "AveragePool",
     ]
     x = rng.normal(0, 1, (2, 8, 16, 16)).astype(f)
-    from mura_ens.onnx_rewrite import model_outputs
-
-    before, after = model_outputs(model, x), model_outputs(rewritten, x)
+    before, after = raw_outputs(model, x), raw_outputs(rewritten, x)
     assert before.shape == after.shape and np.abs(before - after).max() < 1e-4 * np.abs(before).max()
 
 

@@ -96,6 +96,32 @@ def test_broken_plugin_is_listed_and_does_not_break_the_cli(monkeypatch, fresh_r
     assert listed["tiny"]["status"] == "ok"
 
 
+def test_specialist_family_rows_show_their_base_and_never_build(fake_plugin):
+    from mura_ens.plugin import Plugin, SpecialistFamily
+
+    class FakeFamily(SpecialistFamily):
+        name = "fake_family"
+        defaults = {"base": "fake_net"}
+
+    class Orphans(SpecialistFamily):
+        name = "orphans"
+        defaults = {"base": "no_such_base"}
+
+    for family in (FakeFamily, Orphans):
+        registry.register(family)
+    try:
+        rows = {row["name"]: row for row in registry.plugin_rows()}
+        assert rows["fake_family"]["input_size"] == fake_plugin.default_input_size == 48
+        assert rows["fake_family"]["kind"] == SPECIALIST_FAMILY and rows["fake_family"]["status"] == "ok"
+        # a base that is not installed: the family is listed with the base class's defaults, not an error
+        assert (rows["orphans"]["input_size"], rows["orphans"]["weights"]) == (Plugin.default_input_size, "none")
+        with pytest.raises(PluginError, match=r"'fake_family' is a specialist family: its base plugin builds"):
+            registry.get_plugin("fake_family").build({"image_size": 48})
+    finally:
+        registry.unregister("fake_family")
+        registry.unregister("orphans")
+
+
 def test_plugin_name_must_match_entry_point(fresh_registry, tmp_path, monkeypatch):
     info = tmp_path / "mismatch-0.1.dist-info"
     info.mkdir()

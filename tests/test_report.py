@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 from html.parser import HTMLParser
 
 import numpy as np
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mura_ens.constants import BODY_PARTS
-from mura_ens.metrics import evaluate_predictions, study_probabilities
+from mura_ens.metrics import BootstrapSettings, evaluate_predictions, study_probabilities
 from mura_ens.report import write_report
 
 pytestmark = pytest.mark.filterwarnings("ignore::mura_ens.metrics.UndefinedMetricWarning")
@@ -87,8 +86,11 @@ def _run(models: list[str], *, labels: bool = True, one_class_part: str | None =
     failed = images.loc[images["status"] != "ok", ["path", "study", "status", "error"]]
     metrics = None
     if labels:
-        metrics = evaluate_predictions(images, n_bootstrap=100)
-        metrics["models"] = {m: evaluate_predictions(images, prob_col=f"prob__{m}", n_bootstrap=100) for m in models}
+        metrics = evaluate_predictions(images, bootstrap=BootstrapSettings(n_resamples=100))
+        metrics["models"] = {
+            m: evaluate_predictions(images, prob_col=f"prob__{m}", bootstrap=BootstrapSettings(n_resamples=100))
+            for m in models
+        }
     model_info = [
         {
             "name": m,
@@ -122,10 +124,7 @@ def _run(models: list[str], *, labels: bool = True, one_class_part: str | None =
 def test_report_is_self_contained_and_complete(tmp_path):
     models = ["custom_cnn-a", "densenet201-b", "resnet50-c"]
     run = _run(models)
-    start = time.perf_counter()
-    path = write_report(tmp_path / "out" / "report.html", **run)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 20, elapsed  # typically ~1.5 s for 7 parts x 3 models
+    path = write_report(tmp_path / "out" / "report.html", **run)  # its speed: benchmarks/metrics_report.py
     assert path == tmp_path / "out" / "report.html"
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]  # atomic: no temp left
     text = path.read_text(encoding="utf-8")
@@ -135,7 +134,9 @@ def test_report_is_self_contained_and_complete(tmp_path):
     assert all(u.startswith("data:image/png;base64,") for u in checker.urls), checker.urls
     assert 'src="http' not in text and "<link" not in text and "<script" not in text
     pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
-    assert len(pngs) == 1 and base64.b64decode(pngs[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    # one forest plot per body part and overall, the ROC and the reliability figures
+    assert len(pngs) == 1 + len(BODY_PARTS) + 2
+    assert all(base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n" for png in pngs)
 
     for name in models:
         assert f"{name} — study level" in text and f"{name} — image level" in text
@@ -151,12 +152,18 @@ def test_report_is_self_contained_and_complete(tmp_path):
     overall = run["metrics"]["study"]["overall"]
     lo, hi = overall["auc_ci"]
     assert f"{overall['auc']:.3f} [{lo:.3f}, {hi:.3f}]" in text
-    # confusion matrix counts = ensemble predictions at study level
+    # confusion matrix counts = ensemble predictions at study level, overall and per body part
     st = run["studies"].dropna(subset=["prob"])
-    tp = int(((st["label"] == 1) & (st["prob"] > 0.5)).sum())
-    assert f'<td class="hit">{tp:,}</td>' in text
+    y, pred = st["label"].astype(int), (st["prob"] > 0.5).astype(int)
+    tn, fp, fn, tp = (int(((y == a) & (pred == b)).sum()) for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    assert f'<tr><th>normal</th><td class="hit">{tn:,}</td><td>{fp:,}</td>' in text
+    assert f'<tr><th>abnormal</th><td>{fn:,}</td><td class="hit">{tp:,}</td>' in text
+    wrist = st["body_part"] == "XR_WRIST"
+    counts = [int(((y == a) & (pred == b) & wrist).sum()) for a, b in ((1, 1), (0, 1), (1, 0), (0, 0))]
+    cells = "".join(f'<td class="num">{c}</td>' for c in [*counts, int(wrist.sum())])
+    assert f"<tr><td>XR_WRIST</td>{cells}</tr>" in text
     # failed input listed, its error escaped
-    assert "/data/valid/XR_ELBOW/patient00001/study1/image" in text or run["failed"]["path"].iloc[0] in text
+    assert f'<td class="path">{run["failed"]["path"].iloc[0]}</td>' in text
     assert "truncated" in text and "&lt;b&gt;bad&lt;/b&gt;" in text and "<b>bad</b>" not in text
     # provenance: card excerpt, metadata, command, library versions
     assert "onnx_max_abs_diff" in text and "No card.json beside this model" in text
@@ -202,3 +209,125 @@ def test_report_accepts_missing_optional_tables(tmp_path):
         failed=None,
     ).read_text()
     assert "every input was scored" in text and "m1 — study level" in text
+
+
+def test_report_reads_the_metrics_it_is_given(tmp_path, monkeypatch):
+    from mura_ens import report
+
+    run = _run(["m1"], one_class_part=None)
+    overall = run["metrics"]["study"]["overall"]
+    # metrics that disagree with the rows: the report must show these, not recompute its own
+    overall.update(n=10, n_positive=4, sensitivity=0.5, specificity=0.5, auc=0.123)
+    run["metrics"]["models"]["m1"]["study"]["by_body_part"]["XR_HAND"]["auc"] = 0.456
+    legends = []
+    real_line = report._roc_line
+    monkeypatch.setattr(
+        report,
+        "_roc_line",
+        lambda ax, y, p, *, label, colour: legends.append(label) or real_line(ax, y, p, label=label, colour=colour),
+    )
+    text = write_report(tmp_path / "r.html", **run).read_text()
+    assert "ensemble, all body parts (n = 10)" in text
+    assert '<tr><th>normal</th><td class="hit">3</td><td>3</td>' in text
+    assert '<tr><th>abnormal</th><td>2</td><td class="hit">2</td>' in text
+    assert "ensemble (0.123)" in legends and "m1 (0.456)" in legends
+
+
+def test_report_without_metrics_shows_no_confusion_matrix(tmp_path):
+    run = _run(["m1"])
+    text = write_report(tmp_path / "r.html", **{**run, "metrics": None}).read_text()
+    assert "No labels in the input" in text and "Confusion matrix" not in text
+
+
+def test_forest_plots_show_every_model_and_the_ensemble_with_intervals_from_metrics(tmp_path, monkeypatch):
+    from mura_ens import report
+
+    run = _run(["general", "hand_only"], one_class_part=None, specialist=("hand_only", "XR_HAND"))
+    run["metrics"]["baselines"] = {"body_part": {"study": run["metrics"]["models"]["general"]["study"]}}
+    drawn = {}
+    monkeypatch.setattr(report, "_forest_png", lambda panel, rows, xmin, n: drawn.setdefault(panel, rows) and "")
+    text = write_report(tmp_path / "r.html", **run).read_text()
+    assert "Study kappa per body part" in text and "plain-mean baseline (grey)" in text
+    assert set(drawn) == {"overall", *BODY_PARTS}
+    metrics = run["metrics"]
+    for panel, rows in drawn.items():
+        labels = [label for label, _, _ in rows]
+        level = "overall" if panel == "overall" else None
+
+        def group(study, panel=panel, level=level):
+            return study[level] if level else study["by_body_part"][panel]
+
+        assert rows[0][1] is group(metrics["study"])  # the very dicts of metrics: nothing recomputed
+        assert rows[1][0] == "body_part mean (baseline)"
+        assert rows[2] == ("general", group(metrics["models"]["general"]["study"]), "C0")
+        # the specialist: in its own part only (its overall number would describe XR_HAND alone)
+        assert ("hand_only" in labels) == (panel == "XR_HAND"), panel
+
+
+def test_fitted_ensemble_section_shows_weights_thresholds_and_the_file(tmp_path):
+    run = _run(["m1", "m2"])
+    fitted = {
+        "members": [{"name": "m1", "sha256": "a" * 64}, {"name": "m2", "sha256": "b" * 64}],
+        "global": {"calibrator": {"method": "platt", "a": 1.5, "b": 0.1}, "threshold": 0.45},
+        "parts": {
+            "XR_HAND": {
+                "status": "fitted",
+                "n_studies": 20,
+                "n_positive": 8,
+                "weights": {"m1": 0.75, "m2": 0.25},
+                "calibrator": {"method": "none"},
+                "threshold": 0.4,
+                "quality": {"plain": {"kappa": 0.5, "auc": 0.8}, "fitted_cv": {"kappa": 0.6, "auc": 0.82}},
+                "notes": ["weights 0.67 fitted + 0.33 plain mean <n/(n+10)>"],
+            }
+        },
+        "settings": {"calibrate": "none", "threshold_rule": "kappa"},
+        "fitting": {"n_studies": 20, "sha256": "c" * 64, "studies": [f"s{i}" for i in range(20)]},
+        "notes": [],
+    }
+    run["provenance"] = {
+        **run["provenance"],
+        "ensemble": "fitted",
+        "ensemble_file": "/e.json",
+        "fitted_ensemble": fitted,
+    }
+    run["metrics"]["ensemble"] = "fitted"
+    run["metrics"]["ensemble_thresholds"] = {"by_body_part": {"XR_HAND": 0.4}, "default": 0.45}
+    text = write_report(tmp_path / "r.html", **run).read_text()
+    assert _parse(text).errors == []
+    assert '<h2 id="fitted">Fitted ensemble</h2>' in text
+    row = re.search(r"<tr><td>XR_HAND</td>(.*?)</tr>", text[text.index('id="fitted"') :]).group(1)
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    assert cells == [
+        "fitted",
+        "20 (8)",
+        "0.750",
+        "0.250",
+        "none",
+        "0.400",
+        "0.500 → 0.600",
+        "0.800 → 0.820",
+    ]
+    assert "Platt a=1.5 b=0.1" in text and "0.450" in text  # the global row
+    assert "<summary>Fitting notes (1)</summary>" in text and "&lt;n/(n+10)&gt;" in text
+    assert "<summary>ensemble.json</summary>" in text and "[20 study keys]" in text
+    assert "fitted ensemble — study level" in text and "per-part thresholds" in text
+    assert "<th>fitted_ensemble</th>" not in text  # shown as its section, not dumped in the provenance table
+    assert "Fitted ensemble" in text[: text.index('id="metrics"')]
+
+
+def test_long_card_json_sits_in_collapsed_details(tmp_path):
+    run = _run(["m1"])
+    text = write_report(tmp_path / "r.html", **run).read_text()
+    assert "<details><summary>card.json: <code>config</code> (4 lines)</summary><pre>" in text
+    assert "<details open" not in text
+
+
+def test_reliability_points_and_brier_score():
+    from mura_ens.report import reliability_points
+
+    y = np.array([0, 0, 1, 1, 1, 0])
+    p = np.array([0.05, 0.15, 0.5, 0.55, 1.0, 0.9])
+    xs, ys, brier = reliability_points(y, p)
+    assert xs == pytest.approx([0.1, 0.525, 0.95]) and ys == [0.0, 1.0, 0.5]
+    assert brier == pytest.approx(np.mean((p - y) ** 2))

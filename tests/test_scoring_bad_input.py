@@ -18,7 +18,7 @@ from scoring_fixtures import (
 
 from mura_ens.errors import ManifestError, UsageError
 from mura_ens.metrics import UndefinedMetricWarning
-from mura_ens.scoring.score import score
+from mura_ens.scoring.score import ScoreSettings, score
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,12 @@ def test_every_bad_file_gets_its_status_and_the_run_goes_on(broken_tree, tiny_mo
     errors = images.set_index("path")["error"]
     assert "9000x9000" in errors[str(files["too_large"])]
     assert errors[str(files["appledouble"])]  # the skip reason is explained
+    # files the scan skipped carry the study the scan found for them
+    rows = images.set_index("path")
+    apple = rows.loc[str(files["appledouble"]), ["study", "patient", "body_part", "label"]].tolist()
+    assert apple == ["valid/XR_HAND/patient11001/study1", "patient11001", "XR_HAND", 1]
+    empty_row = rows.loc[str(files["empty_study"]), ["study", "status", "label"]].tolist()
+    assert empty_row == ["valid/XR_ELBOW/patient11004/study1", "empty_study", 1]
     # bad rows have no probability; the good ones of the same study are scored
     bad = images[images["status"] != "ok"]
     assert bad.filter(like="prob").isna().all().all()
@@ -167,9 +173,44 @@ def test_unusable_arguments_stop_before_any_output(tiny_models, tmp_path):
     empty.mkdir()
     with pytest.raises(UsageError, match="no images found"):
         score(empty, models_dir=tiny_models["gen_a"].parents[1], out=tmp_path / "o", progress=False)
-    with pytest.raises(UsageError, match="batch-size"):
-        score(empty, models_dir=tiny_models["gen_a"].parents[1], out=tmp_path / "o", batch_size=0, progress=False)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, r"--batch-size must be an integer >= 1, got 0$"),
+        ("batch_size", 2.5, r"--batch-size must be an integer >= 1, got 2.5$"),
+        ("workers", 0, r"--workers must be an integer >= 1, got 0$"),
+        ("threshold", 1.5, r"--threshold must be in \[0, 1\], got 1.5$"),
+        ("ensemble", "median", r"unknown ensemble 'median'; choose one of body_part, mean, fitted$"),
+        ("precision", "fp16", r"unknown precision 'fp16'; choose one of fp32, int8$"),
+        ("tta", "rotate", r"unknown --tta 'rotate'; choose one of none, flip$"),
+        (
+            "ensemble_file",
+            "e.json",
+            r"--ensemble-file is only used with --ensemble fitted, not with --ensemble body_part$",
+        ),
+    ],
+)
+def test_score_settings_refuse_a_bad_value_in_one_line_naming_it(field, value, message):
+    with pytest.raises(UsageError, match=message) as caught:
+        ScoreSettings(**{field: value})
+    assert "\n" not in str(caught.value)
+
+
+def test_score_settings_are_frozen_and_normalised():
+    import dataclasses
+
+    from mura_ens.metrics import BootstrapSettings
+
+    settings = ScoreSettings(providers="cpu", threshold=1, workers=3)
+    assert settings.providers == ("cpu",) and settings.threshold == 1.0 and type(settings.threshold) is float
+    assert settings.decode_workers == 3
+    assert ScoreSettings(providers=["cuda", "cpu"]).providers == ("cuda", "cpu")
+    assert ScoreSettings().bootstrap == BootstrapSettings(n_resamples=1000, ci=0.95, seed=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.batch_size = 4
 
 
 def test_synthetic_quirks_appear_with_a_non_ok_status(tiny_models, tmp_path):
@@ -182,6 +223,6 @@ def test_synthetic_quirks_appear_with_a_non_ok_status(tiny_models, tmp_path):
     images = read_images(tmp_path / "o").set_index("path")
     for kind, path in quirks.items():
         assert images.loc[path, "status"] not in ("ok", ""), kind
-    assert images.loc[quirks["appledouble"], "status"] in ("appledouble", "not_in_official_csv")
+    assert images.loc[quirks["appledouble"], "status"] == "appledouble"  # in a listed study folder
     assert images.loc[quirks["zero_byte"], "status"] == "empty_file"
     assert images.loc[quirks["truncated"], "status"] == "truncated"

@@ -20,7 +20,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 from mura_ens.errors import UsageError
 from mura_ens.scoring import ensemble as ens
 from mura_ens.scoring.models import load_model_spec
-from mura_ens.scoring.score import score
+from mura_ens.scoring.score import ScoreSettings, score
 
 SERVES = {
     "gen_a": None,
@@ -43,7 +43,11 @@ def tree(tmp_path_factory):
 def body_part_run(tree, tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("out_body_part")
     result = score(
-        tree, models_dir=tiny_models["gen_a"].parents[1], ensemble="body_part", out=out, batch_size=4, progress=False
+        tree,
+        models_dir=tiny_models["gen_a"].parents[1],
+        out=out,
+        settings=ScoreSettings(ensemble="body_part", batch_size=4),
+        progress=False,
     )
     return result, out
 
@@ -102,7 +106,13 @@ def test_study_probability_is_mean_of_image_probabilities_then_mean_over_serving
 
 
 def test_mean_ensemble_averages_generalists_only(tree, tiny_models, tmp_path):
-    result = score(tree, models_dir=tiny_models["gen_a"].parents[1], ensemble="mean", out=tmp_path, progress=False)
+    result = score(
+        tree,
+        models_dir=tiny_models["gen_a"].parents[1],
+        out=tmp_path,
+        settings=ScoreSettings(ensemble="mean"),
+        progress=False,
+    )
     studies, images = read_studies(tmp_path), read_images(tmp_path)
     expected = studies[["prob__gen_a", "prob__gen_b"]].to_numpy().mean(axis=1)
     np.testing.assert_allclose(studies["prob"].to_numpy(), expected, rtol=1e-12, atol=0)
@@ -116,7 +126,13 @@ def test_mean_ensemble_averages_generalists_only(tree, tiny_models, tmp_path):
 
 def test_mean_ensemble_without_generalist_is_refused_before_any_work(tree, tiny_models, tmp_path):
     with pytest.raises(UsageError, match="generalist"):
-        score(tree, model_files=[tiny_models["spec_hand"]], ensemble="mean", out=tmp_path / "o", progress=False)
+        score(
+            tree,
+            model_files=[tiny_models["spec_hand"]],
+            out=tmp_path / "o",
+            settings=ScoreSettings(ensemble="mean"),
+            progress=False,
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -139,7 +155,13 @@ def test_models_with_different_input_sizes_decode_each_image_once(tree, tiny_mod
 
 
 def test_threshold_option_drives_predictions_and_metrics(tree, tiny_models, tmp_path):
-    result = score(tree, models_dir=tiny_models["gen_a"].parents[1], out=tmp_path, threshold=0.46, progress=False)
+    result = score(
+        tree,
+        models_dir=tiny_models["gen_a"].parents[1],
+        out=tmp_path,
+        settings=ScoreSettings(threshold=0.46),
+        progress=False,
+    )
     studies = read_studies(tmp_path)
     assert result.threshold == 0.46
     assert list(studies["pred"]) == [int(p > 0.46) for p in studies["prob"]]
@@ -204,10 +226,10 @@ def test_study_table_statuses_for_failed_and_unserved_studies(tiny_models):
         }
     )
     # only the hand specialist: B has failed images, C and D have no model at all
-    table = ens.study_table(images.drop(columns=[gen.column]), [hand], method="body_part", threshold=0.5)
+    table = ens.study_table(images.drop(columns=[gen.column]), [hand], ensemble="body_part", threshold=0.5)
     assert list(table["status"]) == ["ok", "all_images_failed", "no_model_for_body_part", "no_model_for_body_part"]
     assert table.loc[0, "prob"] == 0.6 and table.loc[0, "n_scored"] == 1 and table.loc[0, "n_images"] == 2
     assert table["prob"].iloc[1:].isna().all() and table["pred"].iloc[1:].isna().all()
     # with a generalist as well: A averages both models' study probabilities
-    table = ens.study_table(images, [gen, hand], method="body_part", threshold=0.5)
+    table = ens.study_table(images, [gen, hand], ensemble="body_part", threshold=0.5)
     assert table.loc[0, "prob"] == pytest.approx(0.4, abs=1e-15) and table.loc[0, "pred"] == 0

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import shutil
+import warnings
 
 import pytest
 from scoring_fixtures import TINY, expected_prob, make_tree, tiny
 
+from mura_ens import run_folder as RF
 from mura_ens.errors import ModelError, UsageError
 from mura_ens.scoring import models as M
 from mura_ens.scoring import sessions as S
@@ -62,8 +65,9 @@ def test_wrong_input_layout_is_a_one_line_model_error_naming_file_and_shape(tiny
 )
 def test_bad_metadata_is_refused_with_the_bad_value(tmp_path, kwargs, message):
     path = tiny.make_tiny_model(tmp_path / "m.onnx", a=1, b=0, **kwargs)
-    with pytest.raises(ModelError, match=message):
+    with pytest.raises(ModelError, match=message) as err:
         M.load_model_spec(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
 
 
 def test_not_an_onnx_file(tmp_path):
@@ -73,13 +77,114 @@ def test_not_an_onnx_file(tmp_path):
         M.load_model_spec(bad)
 
 
-def test_duplicate_names_get_suffixes(tmp_path):
+def test_two_different_models_of_one_name_are_refused_naming_both(tmp_path):
     a = tiny.make_tiny_model(tmp_path / "a.onnx", a=1, b=0, model_name="same")
     b = tiny.make_tiny_model(tmp_path / "b.onnx", a=2, b=0, model_name="same")
-    c = tiny.make_tiny_model(tmp_path / "c.onnx", a=3, b=0, model_name="same")
-    assert [s.name for s in M.load_models(model_files=[a, b, c])] == ["same", "same-2", "same-3"]
-    # the same file twice is one model
-    assert len(M.load_models(tmp_path, model_files=[a])) == 3
+    with pytest.raises(ModelError) as err:
+        M.load_models(model_files=[a, b])
+    text = str(err.value)
+    assert "'same'" in text and str(a.resolve()) in text and str(b.resolve()) in text
+    assert "prob__same" in text and "\n" not in text
+    # the same file reached twice (folder + --model) is one model, and nothing to warn about
+    b.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [s.name for s in M.load_models(tmp_path, model_files=[a])] == ["same"]
+
+
+def test_copies_of_one_model_are_used_once_with_a_warning_naming_both(tmp_path, tiny_models):
+    first = tmp_path / "models" / "backup" / "gen_a"
+    second = tmp_path / "models" / "runs" / "gen_a"
+    shutil.copytree(tiny_models["gen_a"].parent, first)
+    shutil.copytree(tiny_models["gen_a"].parent, second)
+    shutil.copytree(tiny_models["gen_b"].parent, tmp_path / "models" / "runs" / "gen_b")
+    with pytest.warns(M.DuplicateModelWarning) as caught:
+        specs = M.load_models(tmp_path / "models")
+    assert [s.name for s in specs] == ["gen_a", "gen_b"]
+    assert specs[0].path == str((first / "model.onnx").resolve())  # the first in discovery order is kept
+    duplicates = [w for w in caught if issubclass(w.category, M.DuplicateModelWarning)]
+    assert len(duplicates) == 1
+    text = str(duplicates[0].message)
+    assert str((first / "model.onnx").resolve()) in text and str((second / "model.onnx").resolve()) in text
+    assert "'gen_a'" in text and "\n" not in text
+
+
+@pytest.mark.timeout(60)
+def test_symlinked_run_folders_are_followed_once_and_a_loop_ends(tmp_path, tiny_models):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_models["gen_a"].parent, store / "gen_a")
+    models = tmp_path / "models"
+    (models / "sub").mkdir(parents=True)
+    (models / "gen_a").symlink_to(store / "gen_a", target_is_directory=True)
+    (models / "sub" / "same_run_again").symlink_to(store / "gen_a", target_is_directory=True)
+    (models / "sub" / "loop").symlink_to(models, target_is_directory=True)  # models/sub/loop/sub/loop/...
+    (models / "dangling.onnx").symlink_to(tmp_path / "nowhere.onnx")
+    shutil.copytree(tiny_models["gen_b"].parent, models / "real" / "gen_b")
+    (models / "alias").symlink_to(models / "real" / "gen_b", target_is_directory=True)  # keeps its own path
+    files = M.discover_model_files(models)
+    assert files == [models / "gen_a" / "model.onnx", models / "real" / "gen_b" / "model.onnx"]
+    assert [s.name for s in M.load_models(models)] == ["gen_a", "gen_b"]
+
+
+def test_unfinished_runs_are_skipped_with_a_warning_saying_how_many_and_where(tmp_path, tiny_models):
+    runs = tmp_path / "runs"
+    finished, killed, killed_early = runs / "finished", runs / "killed", runs / "killed_early"
+    for folder, source in ((finished, "gen_a"), (killed, "gen_b"), (killed_early, "spec_hand")):
+        shutil.copytree(tiny_models[source].parent, folder)
+        (folder / RF.HISTORY_FILE).write_text("epoch\n")
+    (killed / RF.BEST_FILE).write_bytes(b"keras")
+    RF.write_card(finished, {"run": "finished"})
+    own = tiny.make_tiny_model(runs / "my_models" / "model.onnx", a=1, b=0, model_name="mine")  # a user's own
+    loose = tiny.make_tiny_model(runs / "loose.onnx", a=2, b=0, model_name="loose")
+    assert RF.is_finished_run(finished) and not RF.is_unfinished_run(finished)
+    assert RF.is_unfinished_run(killed) and RF.is_unfinished_run(killed_early) and not RF.is_finished_run(killed)
+    assert not RF.is_run_folder(own.parent) and not RF.is_unfinished_run(own.parent)
+
+    with pytest.warns(M.UnfinishedRunWarning) as caught:
+        files = M.discover_model_files(runs)
+    assert files == [finished / "model.onnx", runs / "loose.onnx", own]
+    assert loose in files
+    texts = [str(w.message) for w in caught if issubclass(w.category, M.UnfinishedRunWarning)]
+    assert len(texts) == 1 and "skipped 2 unfinished run folder(s)" in texts[0]
+    assert str(killed) in texts[0] and str(killed_early) in texts[0] and "card.json" in texts[0]
+    assert "\n" not in texts[0]
+    # the API reports the same without warnings
+    found = M.find_model_files(runs)
+    assert found.unfinished == (killed, killed_early) and list(found.files) == files
+
+    # only unfinished runs: no models, and the error says why
+    with pytest.raises(UsageError, match=r"no ONNX models found under .*skipped 1 unfinished run folder\(s\)"):
+        M.discover_model_files(killed.parent / "killed")
+    # --precision int8 does not ask an unfinished run for its int8 twin
+    int8_runs = tmp_path / "int8_runs"
+    shutil.copytree(finished, int8_runs / "finished")
+    shutil.copytree(killed, int8_runs / "killed")
+    int8 = tiny.make_tiny_model(int8_runs / "finished" / "model.int8.onnx", a=4, b=-2, model_name="gen_a")
+    with pytest.warns(M.UnfinishedRunWarning, match="skipped 1 unfinished"):
+        assert M.discover_model_files(int8_runs, precision="int8") == [int8]
+    # given explicitly, it is used as given, with a warning
+    with pytest.warns(M.UnfinishedRunWarning, match="given with --model"):
+        assert M.discover_model_files(model_files=[killed / "model.onnx"]) == [killed / "model.onnx"]
+
+
+def test_model_option_given_a_folder_and_an_empty_model_file_say_so(tmp_path, tiny_models):
+    folder = tiny_models["gen_a"].parent
+    with pytest.raises(UsageError) as err:
+        M.discover_model_files(model_files=[folder])
+    assert "got a folder" in str(err.value) and "--models" in str(err.value) and "not found" not in str(err.value)
+    with pytest.raises(ModelError, match="is a folder"):
+        M.load_model_spec(folder)
+    with pytest.raises(ModelError, match="model file not found"):
+        M.load_model_spec(tmp_path / "gone.onnx")
+    empty = tmp_path / "run" / "model.onnx"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    RF.write_card(empty.parent, {})
+    for load in (lambda: M.load_model_spec(empty), lambda: M.load_models(empty.parent)):
+        with pytest.raises(ModelError) as err:
+            load()
+        text = str(err.value)
+        assert text.startswith(f"{empty}: ") and "file is empty" in text and "image input" not in text
 
 
 def test_precision_picks_the_int8_twin(tmp_path):
@@ -153,3 +258,22 @@ def test_the_unit_of_work_is_picklable_and_scores_whole_studies(tmp_path, tiny_m
     assert [[t.body_part for t in b] for b in batches] == [["XR_HAND"] * 3, ["XR_SHOULDER"], ["XR_WRIST"] * 2]
     assert plan_batches(tasks, 6) == [tasks]
     assert plan_batches(tasks, 4) == [tasks[:4], tasks[4:]]
+
+
+def test_score_prints_skipped_runs_and_copies_as_one_warning_line_each(tmp_path, tiny_models, capsys):
+    from mura_ens.cli.main import main
+
+    tree = make_tree(tmp_path / "data", [("XR_HAND", 1, 2), ("XR_WRIST", 0, 1)])
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models["gen_a"].parent, models / "gen_a")
+    shutil.copytree(tiny_models["gen_a"].parent, models / "gen_a_copy")
+    shutil.copytree(tiny_models["gen_b"].parent, models / "killed")
+    (models / "killed" / RF.BEST_FILE).write_bytes(b"keras")
+    out = tmp_path / "out"
+    assert main(["score", str(tree), "--models", str(models), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.startswith("mura-ens: warning:")]
+    assert any("skipped 1 unfinished run folder(s)" in line and str(models / "killed") in line for line in warned), err
+    assert any("gen_a_copy" in line and "is a copy of" in line for line in warned), err
+    header = (out / "images.csv").read_text().splitlines()[0]
+    assert [c for c in header.split(",") if c.startswith("prob__")] == ["prob__gen_a"]

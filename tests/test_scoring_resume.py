@@ -16,9 +16,10 @@ from scoring_fixtures import make_tree
 
 from mura_ens.errors import UsageError
 from mura_ens.scoring import journal as journal_module
-from mura_ens.scoring.score import TEST_BATCH_DELAY_ENV, score
+from mura_ens.scoring.score import ScoreSettings, score
 
 OUTPUTS = ("images.csv", "studies.csv", "metrics.json")
+SLOW_BATCHES = Path(__file__).parent / "slow_batches.py"
 N_STUDIES = 36
 
 
@@ -32,7 +33,7 @@ def data(tmp_path_factory, tiny_models):
     valid = make_tree(root / "data", layout, seed=11)
     models = tiny_models["gen_a"].parents[1]
     reference = root / "reference"
-    score(valid, models_dir=models, out=reference, batch_size=1, progress=False)
+    score(valid, models_dir=models, out=reference, settings=ScoreSettings(batch_size=1), progress=False)
     return valid, models, reference
 
 
@@ -64,10 +65,10 @@ def interrupt_after(monkeypatch, n_batches: int) -> None:
 def test_resume_after_kill_9_skips_finished_studies_and_ends_identical(data, tmp_path):
     valid, models, reference = data
     out = tmp_path / "out"
-    env = {**os.environ, TEST_BATCH_DELAY_ENV: "0.15"}  # test-only: slow each batch down so we can kill mid-run
-    command = [sys.executable, "-m", "mura_ens.cli.main", "score", str(valid), "--models", str(models)]
+    # tests/slow_batches.py: the CLI with a pause after each batch, so that the run can be killed mid-way
+    command = [sys.executable, str(SLOW_BATCHES), "0.15", "score", str(valid), "--models", str(models)]
     command += ["--out", str(out), "--batch-size", "1", "--no-progress"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
         while len(journal_lines(out)) < 6:
@@ -91,7 +92,9 @@ def test_resume_after_kill_9_skips_finished_studies_and_ends_identical(data, tmp
     original = Path(first_path).read_bytes()
     Path(first_path).write_text("not a png any more")
     try:
-        result = score(valid, models_dir=models, out=out, batch_size=1, resume=True, progress=False)
+        result = score(
+            valid, models_dir=models, out=out, settings=ScoreSettings(batch_size=1, resume=True), progress=False
+        )
     finally:
         Path(first_path).write_bytes(original)
     assert result.n_resumed_images >= sum(len(json.loads(line)["rows"]) for line in done)
@@ -104,7 +107,7 @@ def test_torn_last_line_is_dropped_and_the_run_completes(data, tmp_path, monkeyp
     out = tmp_path / "out"
     interrupt_after(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
-        score(valid, models_dir=models, out=out, batch_size=1, progress=False)
+        score(valid, models_dir=models, out=out, settings=ScoreSettings(batch_size=1), progress=False)
     monkeypatch.undo()
     lines = journal_lines(out)
     assert len(lines) == 4
@@ -112,7 +115,7 @@ def test_torn_last_line_is_dropped_and_the_run_completes(data, tmp_path, monkeyp
     rows_file = out / journal_module.JOURNAL_DIR / journal_module.ROWS_FILE
     with open(rows_file, "ab") as fh:  # what kill -9 in the middle of a write leaves
         fh.write(b'{"batch":4,"rows":[{"index":5,"pa')
-    result = score(valid, models_dir=models, out=out, batch_size=1, resume=True, progress=False)
+    result = score(valid, models_dir=models, out=out, settings=ScoreSettings(batch_size=1, resume=True), progress=False)
     assert result.n_resumed_images == n_journalled
     assert_same_outputs(out, reference)
 
@@ -122,19 +125,19 @@ def test_resume_refuses_another_runs_journal_and_plain_rerun_replaces_it(data, t
     out = tmp_path / "out"
     interrupt_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        score(valid, models_dir=models, out=out, batch_size=1, progress=False)
+        score(valid, models_dir=models, out=out, settings=ScoreSettings(batch_size=1), progress=False)
     monkeypatch.undo()
     with pytest.raises(UsageError, match="different run.*models"):
-        score(valid, model_files=[tiny_models["gen_a"]], out=out, resume=True, progress=False)
+        score(valid, model_files=[tiny_models["gen_a"]], out=out, settings=ScoreSettings(resume=True), progress=False)
     assert len(journal_lines(out)) == 2  # refused without touching the journal
     # without --resume the old journal is replaced (and the user told so); batch size may differ
-    result = score(valid, models_dir=models, out=out, batch_size=4, progress=False)
+    result = score(valid, models_dir=models, out=out, settings=ScoreSettings(batch_size=4), progress=False)
     assert any("replaced" in note for note in result.notes)
     assert not (out / journal_module.JOURNAL_DIR).exists()
     images = pd.read_csv(out / "images.csv")
     assert len(images) == len(pd.read_csv(reference / "images.csv"))
     # --resume with nothing to resume just runs
-    result = score(valid, models_dir=models, out=out, batch_size=1, resume=True, progress=False)
+    result = score(valid, models_dir=models, out=out, settings=ScoreSettings(batch_size=1, resume=True), progress=False)
     assert any("nothing to resume" in note for note in result.notes)
     assert_same_outputs(out, reference)
 
@@ -142,7 +145,7 @@ def test_resume_refuses_another_runs_journal_and_plain_rerun_replaces_it(data, t
 def test_outputs_are_replaced_atomically_when_writing_fails(data, tmp_path, monkeypatch):
     valid, models, reference = data
     out = tmp_path / "out"
-    score(valid, models_dir=models, out=out, batch_size=8, progress=False)
+    score(valid, models_dir=models, out=out, settings=ScoreSettings(batch_size=8), progress=False)
     before = {name: (out / name).read_bytes() for name in OUTPUTS}
 
     def failing_to_csv(self, buf=None, *args, **kwargs):
@@ -151,12 +154,12 @@ def test_outputs_are_replaced_atomically_when_writing_fails(data, tmp_path, monk
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", failing_to_csv)
     with pytest.raises(OSError, match="No space"):
-        score(valid, models_dir=models, out=out, batch_size=8, progress=False)
+        score(valid, models_dir=models, out=out, settings=ScoreSettings(batch_size=8), progress=False)
     monkeypatch.undo()
     assert {name: (out / name).read_bytes() for name in OUTPUTS} == before
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     # the scoring itself finished and is journalled: --resume only writes the files
     assert journal_lines(out)
-    result = score(valid, models_dir=models, out=out, batch_size=8, resume=True, progress=False)
+    result = score(valid, models_dir=models, out=out, settings=ScoreSettings(batch_size=8, resume=True), progress=False)
     assert result.n_resumed_images == len(result.images)
     assert (out / "images.csv").read_bytes() == (reference / "images.csv").read_bytes()

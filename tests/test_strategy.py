@@ -303,16 +303,17 @@ import numpy as np
 from mura_ens.training.data import load_training_data
 from mura_ens.training.pipeline import LoadFailures
 from mura_ens.training.strategy import make_strategy
+from mura_ens.training.options import TrainOptions
 from mura_ens.training.trainer import fit_datasets
 
 setup = make_strategy("multiworker", gpus=())
 frame = load_training_data(sys.argv[1], seed=0).frame
 folds = {fold: frame.loc[frame["fold"] == fold] for fold in ("train", "val")}
 failures = LoadFailures()
-options = {"image_size": 16, "resize_policy": "stretch", "batch_size": 3, "augment": True, "seed": 0}
+config = TrainOptions(image_size=16, batch_size=3, augment=True, seed=0).run_config(image_size=16, weights=None)
 # The sample weight of each row is its position: the ids show which rows a worker was given.
 streams = fit_datasets(folds["train"], np.arange(len(folds["train"]), dtype=np.float32), folds["val"],
-                       np.arange(len(folds["val"]), dtype=np.float32), options=options, distribution=setup,
+                       np.arange(len(folds["val"]), dtype=np.float32), config=config, distribution=setup,
                        failures=failures)
 seen = {}
 for fold, stream in zip(("train", "val"), streams):

@@ -30,11 +30,11 @@ def demo_command(
     from rich.console import Console
 
     from ..demo import run_demo
-    from .score import print_summary
+    from ._summary import print_score_summary
 
     started = time.perf_counter()
     result = run_demo(out, quick=quick, seed=seed, progress=progress)
-    print_summary(result.score, Console())
+    print_score_summary(result.score, Console())
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     print(f"demo finished in {time.perf_counter() - started:.0f} s ({steps})")
     print(f"open {result.results / 'report.html'}")

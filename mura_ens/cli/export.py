@@ -35,33 +35,44 @@ def export_command(
     ] = False,
 ) -> None:
     """Convert RUN_DIR/best.keras to RUN_DIR/model.onnx after checking ONNX vs Keras parity; or quantize it (--quantize int8)."""
-    import json
-
     from ..errors import UsageError
+    from ..run_folder import MODEL_FILE
 
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise UsageError(f"unknown --quantize {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
-    if quantize is None or reexport or not (Path(run_dir) / "model.onnx").exists():
-        from ..training.export import export_run, read_onnx_metadata
+    from ..training.export import require_finished_run
 
-        path = export_run(run_dir)
-        card = json.loads((Path(run_dir) / "card.json").read_text(encoding="utf-8"))
-        meta = read_onnx_metadata(path)
-        typer.echo(
-            f"{path}  (plugin {meta.get('plugin')}, body parts {meta.get('body_parts') or 'all'}, "
-            f"input {meta.get('input_size')} px, ONNX vs Keras max |diff| {card['onnx_max_abs_diff']:.2g})"
-        )
+    require_finished_run(run_dir)  # a run being built or killed is never exported nor quantized
+    if quantize is None or reexport or not (Path(run_dir) / MODEL_FILE).exists():
+        from ..training.export import export_run
+
+        typer.echo(_export_line(export_run(run_dir)))
     if quantize == "int8":
-        from ..quantize import quantize_run
+        from ..onnx.quantize import quantize_run
 
-        path = quantize_run(run_dir, calibration_images=calibration_images, data=data)
-        card = json.loads((Path(run_dir) / "card.json").read_text(encoding="utf-8"))
-        section = card.get("int8", {})
-        agreement = section.get("agreement", {})
-        line = f"{path}  ({section.get('quantization')}, calibrated on {section.get('calibration', {}).get('images')} training images"
-        if agreement:
-            keys = ("study_auc_diff", "study_kappa_diff", "study_prediction_agreement")
-            line += f"; vs fp32 on the {agreement.get('fold')} fold: " + ", ".join(
-                f"{k} {agreement[k]:.4g}" for k in keys if isinstance(agreement.get(k), (int, float))
-            )
-        typer.echo(line + ")")
+        typer.echo(_int8_line(quantize_run(run_dir, calibration_images=calibration_images, data=data)))
+
+
+def _export_line(exported) -> str:
+    """One line about an :class:`~mura_ens.training.export.ExportedRun`."""
+    meta = exported.metadata
+    return (
+        f"{exported.path}  (plugin {meta.plugin}, body parts {','.join(meta.body_parts) or 'all'}, "
+        f"input {meta.input_size} px, ONNX vs Keras max |diff| {exported.onnx_max_abs_diff:.2g})"
+    )
+
+
+def _int8_line(quantized) -> str:
+    """One line about a :class:`~mura_ens.onnx.quantize.QuantizedRun`: calibration and agreement with fp32."""
+    section = quantized.section
+    line = (
+        f"{quantized.path}  ({section.get('quantization')}, "
+        f"calibrated on {section.get('calibration', {}).get('images')} training images"
+    )
+    agreement = quantized.agreement
+    if agreement:
+        keys = ("study_auc_diff", "study_kappa_diff", "study_prediction_agreement")
+        line += f"; vs fp32 on the {agreement.get('fold')} fold: " + ", ".join(
+            f"{k} {agreement[k]:.4g}" for k in keys if isinstance(agreement.get(k), (int, float))
+        )
+    return line + ")"

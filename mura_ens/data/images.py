@@ -25,9 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UsageError
-
-#: Resize policies: ``stretch`` squashes to a square (MURA paper), ``pad`` keeps aspect and pads black.
-RESIZE_POLICIES: tuple[str, ...] = ("stretch", "pad")
+from ..run_folder import RESIZE_POLICIES  # stretch (MURA paper) or pad to square; part of the model metadata contract
 
 #: Images with more pixels than this raise ``ImageError(status="too_large")``.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -101,7 +99,7 @@ def decode(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
             raise ImageError("truncated", path, str(exc)) from exc
     if img.format not in ("PNG", None):  # EXIF orientation only exists for JPEG/TIFF/WebP
-        img = ImageOps.exif_transpose(img)
+        return to_8bit(ImageOps.exif_transpose(img))
     return to_8bit(img)
 
 

@@ -21,7 +21,8 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -39,7 +40,11 @@ SKIP_REASONS: dict[str, str] = {
     "duplicate": "listed more than once",
 }
 
+#: Columns of ``skipped.csv`` (:func:`mura_ens.data.manifest.write_manifest`).
 SKIPPED_COLUMNS: tuple[str, ...] = ("path", "reason")
+#: Columns a scan adds to its skipped table: the study a skipped file belongs to, as in the
+#: manifest (``""`` / ``<NA>`` outside any study folder), so that nobody downstream re-parses paths.
+SKIPPED_STUDY_COLUMNS: tuple[str, ...] = ("study", "patient", "body_part", "label")
 
 _STUDY_RE = re.compile(r"^(study\d+)(?:_(positive|negative))?$", re.IGNORECASE)
 _PATIENT_RE = re.compile(r"^patient\d+$", re.IGNORECASE)
@@ -52,7 +57,8 @@ class ScanResult:
     """What a scan of a data source found.
 
     ``manifest`` has exactly ``MANIFEST_COLUMNS`` (dtypes as in
-    docs/INTERNALS.md); ``skipped`` has columns ``path`` and ``reason``.
+    docs/INTERNALS.md); ``skipped`` has columns ``path``, ``reason`` and the
+    :data:`SKIPPED_STUDY_COLUMNS` (see :func:`skipped_frame`).
     """
 
     manifest: pd.DataFrame
@@ -131,7 +137,7 @@ def manifest_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
     becomes ``""``; ``label`` may be 0, 1, ``None`` or NA.
     """
     frame = pd.DataFrame(rows if not isinstance(rows, pd.DataFrame) else rows.to_dict("records"))
-    data = {}
+    data: dict[str, Any] = {}
     for column in MANIFEST_COLUMNS:
         if column == "label":
             values = frame[column].tolist() if column in frame else [None] * len(frame)
@@ -142,10 +148,36 @@ def manifest_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(data, columns=list(MANIFEST_COLUMNS))
 
 
-def skipped_frame(rows: Iterable[dict]) -> pd.DataFrame:
-    """A ``skipped`` frame (columns ``path``, ``reason``), sorted by path."""
+def skipped_frame(rows: Iterable[dict], manifest: pd.DataFrame | None = None) -> pd.DataFrame:
+    """A ``skipped`` frame, sorted by path: ``path``, ``reason`` and the study of each skipped file.
+
+    A skipped file whose folder (an ``empty_study`` row: the folder itself) holds
+    images of ``manifest`` takes their ``study``, ``patient``, ``body_part`` and
+    ``label``; otherwise they are read from the folder's path
+    (:func:`parse_study_dir`); outside any study folder they are ``""`` and ``<NA>``.
+    """
     frame = pd.DataFrame(list(rows), columns=list(SKIPPED_COLUMNS)).astype("str")
-    return frame.sort_values("path", key=lambda s: s.map(natural_key)).reset_index(drop=True)
+    frame = frame.sort_values("path", key=lambda s: s.map(natural_key)).reset_index(drop=True)
+    known: dict[str, tuple[Any, ...]] = {}
+    if manifest is not None and len(manifest):
+        columns = [manifest[c].tolist() for c in ("path", *SKIPPED_STUDY_COLUMNS)]
+        for path, *values in zip(*columns):
+            known.setdefault(os.path.dirname(path), tuple(values))
+    studies: list[tuple[Any, ...]] = []
+    for path, reason in zip(frame["path"], frame["reason"]):
+        folder = path if reason == "empty_study" else os.path.dirname(path)
+        found = known.get(folder)
+        if found is None:
+            info = parse_study_dir(Path(folder).parts)
+            found = (info.key, info.patient, info.body_part, info.label) if info else ("", "", "", None)
+        studies.append(found)
+    for k, column in enumerate(SKIPPED_STUDY_COLUMNS):
+        values = [row[k] for row in studies]
+        if column == "label":
+            frame[column] = pd.array([None if pd.isna(v) else int(v) for v in values], dtype="Int64")
+        else:
+            frame[column] = pd.array(values, dtype="str")
+    return frame
 
 
 def sort_manifest(frame: pd.DataFrame) -> pd.DataFrame:
@@ -181,8 +213,8 @@ def walk_mura(folder: str | os.PathLike) -> ScanResult:
                 reason = "hidden"
             if reason is None and info is None:
                 reason = "outside_study_folder"
-            if reason is not None:
-                skipped.append({"path": path, "reason": reason})
+            if reason is not None or info is None:
+                skipped.append({"path": path, "reason": reason or "outside_study_folder"})
                 continue
             n_images += 1
             rows.append(
@@ -201,7 +233,8 @@ def walk_mura(folder: str | os.PathLike) -> ScanResult:
 
     manifest = manifest_frame(rows)
     manifest = _disambiguate_keys(manifest, root)
-    return ScanResult(manifest=sort_manifest(manifest), skipped=skipped_frame(skipped))
+    manifest = sort_manifest(manifest)
+    return ScanResult(manifest=manifest, skipped=skipped_frame(skipped, manifest))
 
 
 def _disambiguate_keys(manifest: pd.DataFrame, root: str) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import pandas as pd
 from ..constants import BODY_PARTS, MANIFEST_COLUMNS, REQUIRED_MANIFEST_COLUMNS, SPLITS
 from ..errors import ManifestError, UsageError
 from ..io import atomic_write_csv
-from .layout import ScanResult, manifest_frame, skipped_frame, walk_mura
+from .layout import SKIPPED_COLUMNS, ScanResult, manifest_frame, skipped_frame, walk_mura
 from .official import OFFICIAL_SPLITS, find_official_csvs, read_official
 
 SKIPPED_NAME = "skipped.csv"
@@ -193,8 +193,8 @@ def write_manifest(
 ) -> tuple[Path, Path]:
     """Write ``frame`` (``MANIFEST_COLUMNS``) to ``path`` and ``skipped.csv`` beside it, atomically.
 
-    ``skipped.csv`` (columns path, reason) is always written, with only its
-    header when nothing was skipped. Returns both paths.
+    ``skipped.csv`` (columns path, reason; the scan's study columns stay in memory) is
+    always written, with only its header when nothing was skipped. Returns both paths.
     """
     path = Path(path)
     if path.name == SKIPPED_NAME:
@@ -204,7 +204,7 @@ def write_manifest(
         raise ValueError(f"manifest frame lacks column(s) {', '.join(missing)}")
     out = frame.loc[:, list(MANIFEST_COLUMNS)].copy()
     out["label"] = out["label"].astype("Int64").astype("string").fillna("")
-    skipped = skipped_frame([]) if skipped is None else skipped.loc[:, ["path", "reason"]]
+    skipped = (skipped_frame([]) if skipped is None else skipped).loc[:, list(SKIPPED_COLUMNS)]
     manifest_path = atomic_write_csv(path, out)
     skipped_path = atomic_write_csv(path.parent / SKIPPED_NAME, skipped)
     return manifest_path, skipped_path

@@ -81,57 +81,70 @@ def read_official(
     base = _choose_root(folder, root, probe)
     labels = {_resolve(base, study): label for pairs in labelled.values() for study, label in pairs}
 
+    listings = _Listings()
     rows: list[dict] = []
     skipped: list[dict] = []
-    listings: dict[str, set[str] | None] = {}
     seen: set[str] = set()
-
-    def listing(directory: str) -> set[str] | None:
-        if directory not in listings:
-            try:
-                listings[directory] = set(os.listdir(directory))
-            except OSError:
-                listings[directory] = None
-        return listings[directory]
-
     for split, entry in csvs.items():
         paths = listed[split]
         if entry["images"] is None:  # studies CSV only: the images are whatever the study folders hold
             paths = []
             for study, _ in labelled[split]:
-                names = listing(_resolve(base, study)) or set()
+                names = listings.names(_resolve(base, study)) or set()
                 paths += [f"{_norm(study)}/{name}" for name in sorted(names) if skip_reason(name) is None]
         for written in paths:
             path = _resolve(base, written)
-            if path in seen:
-                skipped.append({"path": path, "reason": "duplicate"})
-                continue
+            reason = "duplicate" if path in seen else None
             seen.add(path)
             directory, name = os.path.split(path)
-            names = listing(directory)
-            if names is None or name not in names:
-                skipped.append({"path": path, "reason": "missing_file"})
-                continue
-            info = parse_study_dir(directory.split(os.sep))
-            label = labels.get(directory, info.label if info is not None else None)
-            if info is None:
-                key, patient, body_part = _norm(os.path.dirname(_norm(written))), "", ""
+            if reason is None and name not in (listings.names(directory) or ()):
+                reason = "missing_file"
+            if reason is not None:
+                skipped.append({"path": path, "reason": reason})
             else:
-                key, patient, body_part = info.key, info.patient, info.body_part
-                if not info.split:  # the path lacks the split folder; the CSV name says it
-                    key = f"{split}/{key}"
-            rows.append(
-                {"path": path, "study": key, "patient": patient, "body_part": body_part, "label": label, "split": split}
-            )
+                rows.append(_image_row(path, written, split, labels))
+    skipped += listings.unlisted(seen)
+    manifest = sort_manifest(manifest_frame(rows))
+    return ScanResult(manifest=manifest, skipped=skipped_frame(skipped, manifest))
 
-    # Files sitting in listed study folders that the image CSV does not list.
-    for directory, names in listings.items():
-        for name in sorted(names or ()):
-            path = os.path.join(directory, name)
-            if path not in seen and os.path.isfile(path):
-                skipped.append({"path": path, "reason": skip_reason(name) or "not_in_official_csv"})
 
-    return ScanResult(manifest=sort_manifest(manifest_frame(rows)), skipped=skipped_frame(skipped))
+class _Listings:
+    """``os.listdir`` of each folder visited, read once (None for a folder that cannot be listed)."""
+
+    def __init__(self) -> None:
+        self.by_folder: dict[str, set[str] | None] = {}
+
+    def names(self, directory: str) -> set[str] | None:
+        if directory not in self.by_folder:
+            try:
+                self.by_folder[directory] = set(os.listdir(directory))
+            except OSError:
+                self.by_folder[directory] = None
+        return self.by_folder[directory]
+
+    def unlisted(self, seen: set[str]) -> list[dict]:
+        """Files sitting in the visited study folders that the image CSV does not list."""
+        found = []
+        for directory, names in self.by_folder.items():
+            for name in sorted(names or ()):
+                path = os.path.join(directory, name)
+                if path not in seen and os.path.isfile(path):
+                    found.append({"path": path, "reason": skip_reason(name) or "not_in_official_csv"})
+        return found
+
+
+def _image_row(path: str, written: str, split: str, labels: dict[str, int]) -> dict:
+    """The manifest row of a listed image found on disk; the studies CSV's label wins over the folder's."""
+    directory = os.path.dirname(path)
+    info = parse_study_dir(directory.split(os.sep))
+    label = labels.get(directory, info.label if info is not None else None)
+    if info is None:
+        key, patient, body_part = _norm(os.path.dirname(_norm(written))), "", ""
+    else:
+        key, patient, body_part = info.key, info.patient, info.body_part
+        if not info.split:  # the path lacks the split folder; the CSV name says it
+            key = f"{split}/{key}"
+    return {"path": path, "study": key, "patient": patient, "body_part": body_part, "label": label, "split": split}
 
 
 def read_images_csv(path: str | os.PathLike) -> list[str]:

@@ -275,7 +275,8 @@ def _write_quirk_files(rng: np.random.Generator, root: Path, studies: list[_Stud
 def _write_official_csvs(root: Path, studies: list[_Study]) -> dict[str, str]:
     paths: dict[str, str] = {}
     for split in ("train", "valid"):
-        image_lines, study_lines = [], []
+        image_lines: list[str] = []
+        study_lines: list[str] = []
         for study in studies:
             if study.split != split:
                 continue
@@ -443,24 +444,38 @@ def render_image(rng: np.random.Generator, part: str, size: int, *, injury: str 
         crack = np.clip((thickness / 2 - dist) / 0.8 + 0.5, 0, 1) * (bone > 0.3)
         image = image * (1 - 0.85 * crack)
     if injury in ("metal", "both"):
-        # Bright hardware: a screw head (disc) on the bone, sometimes a plate along it.
-        along = rng.uniform(-0.25, 0.25) * max(length, radius)
-        mx, my = cx + along * axis[0], cy + along * axis[1]
-        disc = max(2.5, rng.uniform(0.07, 0.10) * size)
-        metal = np.clip(disc - np.hypot(xx - mx, yy - my) + 0.5, 0, 1)
-        if rng.random() < 0.5:
-            reach = 0.18 * size
-            plate = _segment_distance(
-                xx, yy, mx - reach * axis[0], my - reach * axis[1], mx + reach * axis[0], my + reach * axis[1]
-            )
-            metal = np.maximum(metal, np.clip(0.025 * size - plate + 0.5, 0, 1))
-        image = np.maximum(image, metal * rng.uniform(245, 255))
+        image = _add_metal(image, rng, (xx, yy), (cx, cy), axis, max(length, radius), size)
 
     image = image + rng.normal(0, 4.0, size=image.shape).astype(np.float32)
     pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     if rng.random() < _RGB_SHARE:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
     return pixels
+
+
+def _add_metal(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    grid: tuple[np.ndarray, np.ndarray],
+    centre: tuple[float, float],
+    axis: tuple[float, float],
+    extent: float,
+    size: int,
+) -> np.ndarray:
+    """Bright hardware: a screw head (disc) on the bone, sometimes a plate along it."""
+    xx, yy = grid
+    cx, cy = centre
+    along = rng.uniform(-0.25, 0.25) * extent
+    mx, my = cx + along * axis[0], cy + along * axis[1]
+    disc = max(2.5, rng.uniform(0.07, 0.10) * size)
+    metal = np.clip(disc - np.hypot(xx - mx, yy - my) + 0.5, 0, 1)
+    if rng.random() < 0.5:
+        reach = 0.18 * size
+        plate = _segment_distance(
+            xx, yy, mx - reach * axis[0], my - reach * axis[1], mx + reach * axis[0], my + reach * axis[1]
+        )
+        metal = np.maximum(metal, np.clip(0.025 * size - plate + 0.5, 0, 1))
+    return np.maximum(image, metal * rng.uniform(245, 255))
 
 
 def _segment_distance(xx: np.ndarray, yy: np.ndarray, ax: float, ay: float, bx: float, by: float) -> np.ndarray:

@@ -343,14 +343,7 @@ def run_batch(
             "must see the images at the same paths as the client (a shared filesystem)"
         )
     config = _with_shipped_models(config) if shipped else _with_verified_models(config)
-    rows = score_batch(tasks, config)
-
-    from .score import TEST_BATCH_DELAY_ENV
-
-    delay = float(os.environ.get(TEST_BATCH_DELAY_ENV, "0") or 0)
-    if delay:  # test-only: keep the task running so that a test can kill this worker mid-batch
-        time.sleep(delay)
-    return rows
+    return score_batch(tasks, config)
 
 
 def _with_shipped_models(config: RunnerConfig) -> RunnerConfig:

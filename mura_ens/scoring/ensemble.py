@@ -8,9 +8,17 @@ Definitions (DESIGN.md, as in the MURA paper):
   part (every generalist plus that part's specialists);
 - ``mean`` ensemble: mean over all generalist models (specialists are still
   scored and reported in their own columns but do not vote);
+- ``fitted`` ensemble (``--ensemble-file ensemble.json`` from ``mura-ens
+  fit-ensemble``): per body part, the fitted weighted mean of the per-model
+  study probabilities of the models serving the part, then the part's
+  calibrator (:meth:`mura_ens.fitting.FittedEnsemble.apply`; parts the fit
+  kept at the plain mean or never saw: the plain mean and the global
+  calibrator);
 - an image's ensemble probability is defined the same way over that image's
   model probabilities;
-- prediction = ``prob > threshold``.
+- prediction = ``prob > threshold``; for ``fitted`` the threshold is the
+  part's fitted one (the global one for parts the fit does not list),
+  :func:`row_thresholds`.
 
 Because every model that serves an image scores exactly the same ``ok``
 images of a study, "mean over models of per-model study means" equals "mean
@@ -26,26 +34,41 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UsageError
+from ..fitting.ensemble import FittedEnsemble
 from .models import ModelSpec
 from .runner import NO_MODEL, OK
 
-ENSEMBLES: tuple[str, ...] = ("body_part", "mean")
+ENSEMBLES: tuple[str, ...] = ("body_part", "mean", "fitted")
+FITTED = "fitted"
 
 #: Study statuses besides the image statuses: nothing could be scored.
 ALL_FAILED = "all_images_failed"
 EMPTY_STUDY = "empty_study"
 
 
-def check_ensemble(method: str, models: Sequence[ModelSpec]) -> None:
-    """Refuse an unknown method, or ``mean`` without any generalist model, before any work."""
-    if method not in ENSEMBLES:
-        raise UsageError(f"unknown ensemble {method!r}; choose one of {', '.join(ENSEMBLES)}")
-    if method == "mean" and not any(m.is_generalist for m in models):
+def check_ensemble_name(ensemble: str) -> None:
+    """Refuse an ensemble that is not one of :data:`ENSEMBLES`."""
+    if ensemble not in ENSEMBLES:
+        raise UsageError(f"unknown ensemble {ensemble!r}; choose one of {', '.join(ENSEMBLES)}")
+
+
+def check_ensemble(ensemble: str, models: Sequence[ModelSpec]) -> None:
+    """Refuse an unknown ensemble, or ``mean`` without any generalist model, before any work."""
+    check_ensemble_name(ensemble)
+    if ensemble == "mean" and not any(m.is_generalist for m in models):
         names = ", ".join(m.name for m in models)
         raise UsageError(
             f"--ensemble mean averages generalist models, but every model is a specialist ({names}); "
             "use --ensemble body_part"
         )
+
+
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float; :class:`UsageError` when it is outside [0, 1]."""
+    value = float(threshold)
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
+    return value
 
 
 def resolve_threshold(models: Sequence[ModelSpec], threshold: float | None = None) -> float:
@@ -56,32 +79,44 @@ def resolve_threshold(models: Sequence[ModelSpec], threshold: float | None = Non
     neutral 0.5 is used (pass ``--threshold`` to choose).
     """
     if threshold is not None:
-        value = float(threshold)
-        if not 0.0 <= value <= 1.0:
-            raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
-        return value
+        return check_threshold(threshold)
     values = {m.threshold for m in models}
     return values.pop() if len(values) == 1 else 0.5
 
 
-def members(method: str, models: Sequence[ModelSpec], body_part: str) -> list[ModelSpec]:
-    """The models whose probabilities the ensemble averages for ``body_part``."""
-    if method == "mean":
+def members(ensemble: str, models: Sequence[ModelSpec], body_part: str) -> list[ModelSpec]:
+    """The models whose probabilities the ``ensemble`` combines for ``body_part``.
+
+    ``mean``: the generalists; ``body_part`` and ``fitted``: the models serving the part.
+    """
+    if ensemble == "mean":
         return [m for m in models if m.is_generalist]
     return [m for m in models if m.serves(body_part)]
 
 
-def image_probabilities(images: pd.DataFrame, models: Sequence[ModelSpec], *, method: str) -> np.ndarray:
+def row_thresholds(frame: pd.DataFrame, threshold: float, fitted: FittedEnsemble | None = None) -> np.ndarray:
+    """The decision threshold of each row: ``threshold``, or with ``fitted`` its body part's fitted one."""
+    if fitted is None:
+        return np.full(len(frame), float(threshold))
+    return fitted.thresholds(frame["body_part"].tolist())
+
+
+def image_probabilities(
+    images: pd.DataFrame, models: Sequence[ModelSpec], *, ensemble: str, fitted: FittedEnsemble | None = None
+) -> np.ndarray:
     """Ensemble probability of each image row (NaN where the image was not scored).
 
     ``images`` needs ``body_part``, ``status`` and every model's
-    ``prob__<model>`` column.
+    ``prob__<model>`` column; ``fitted`` is the ensemble of ``ensemble="fitted"``.
     """
     out = np.full(len(images), np.nan)
     parts = images["body_part"].astype("string").fillna("").to_numpy(dtype=object)
     ok = (images["status"] == OK).to_numpy()
+    if ensemble == FITTED:
+        out[ok] = _fitted(fitted).apply(images.loc[ok])[0]
+        return out
     for part in dict.fromkeys(parts.tolist()):
-        cols = [m.column for m in members(method, models, part)]
+        cols = [m.column for m in members(ensemble, models, part)]
         rows = (parts == part) & ok
         if not cols or not rows.any():
             continue
@@ -90,12 +125,19 @@ def image_probabilities(images: pd.DataFrame, models: Sequence[ModelSpec], *, me
     return out
 
 
+def _fitted(fitted: FittedEnsemble | None) -> FittedEnsemble:
+    if fitted is None:  # pragma: no cover - a caller's bug
+        raise ValueError("ensemble 'fitted' needs the FittedEnsemble")
+    return fitted
+
+
 def study_table(
     images: pd.DataFrame,
     models: Sequence[ModelSpec],
     *,
-    method: str,
+    ensemble: str,
     threshold: float,
+    fitted: FittedEnsemble | None = None,
 ) -> pd.DataFrame:
     """One row per study: per-model study probabilities, the ensemble ``prob``, ``pred`` and ``status``.
 
@@ -108,7 +150,9 @@ def study_table(
     (no ensemble member serves the part), ``all_images_failed`` (models serve it
     but no image could be scored) or ``empty_study`` (a study folder without
     images); those get empty ``prob`` and ``pred``.
-    Studies keep their order of first appearance in ``images``.
+    Studies keep their order of first appearance in ``images``. ``pred`` is
+    ``prob > threshold``, with ``fitted`` (``ensemble="fitted"``) the study's
+    part threshold (:func:`row_thresholds`).
     """
     from ..metrics import study_probabilities
 
@@ -140,16 +184,7 @@ def study_table(
         order = {s: i for i, s in enumerate(all_studies)}
         studies = studies.sort_values("study", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
-    parts = studies["body_part"].astype("string").fillna("").to_numpy(dtype=object)
-    prob = np.full(len(studies), np.nan)
-    status = np.full(len(studies), OK, dtype=object)
-    for part in dict.fromkeys(parts.tolist()):
-        rows = parts == part
-        voters = [m.column for m in members(method, models, part)]
-        if not voters:
-            status[rows] = NO_MODEL
-            continue
-        prob[rows] = studies.loc[rows, voters].to_numpy(dtype=np.float64).mean(axis=1)
+    prob, status = _combine(studies, models, ensemble, fitted)
     n_images = studies["n_images"].to_numpy()
     n_ok = studies["n_scored"].to_numpy()
     status[(status == OK) & (n_images == 0)] = EMPTY_STUDY
@@ -158,7 +193,28 @@ def study_table(
 
     studies["label"] = studies["label"].astype("Int64")
     studies["prob"] = prob
-    pred = pd.array([pd.NA if np.isnan(p) else int(p > threshold) for p in prob], dtype="Int64")
+    cuts = row_thresholds(studies, threshold, fitted if ensemble == FITTED else None)
+    pred = pd.array([pd.NA if np.isnan(p) else int(p > t) for p, t in zip(prob, cuts)], dtype="Int64")
     studies["pred"] = pred
     studies["status"] = status.astype(str)
     return studies[["study", "patient", "body_part", "n_images", "n_scored", "label", *cols, "prob", "pred", "status"]]
+
+
+def _combine(
+    studies: pd.DataFrame, models: Sequence[ModelSpec], ensemble: str, fitted: FittedEnsemble | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ensemble probability of each study row and its status (``ok`` or ``no_model_for_body_part``)."""
+    parts = studies["body_part"].astype("string").fillna("").to_numpy(dtype=object)
+    prob = np.full(len(studies), np.nan)
+    status = np.full(len(studies), OK, dtype=object)
+    for part in dict.fromkeys(parts.tolist()):
+        rows = parts == part
+        voters = [m.column for m in members(ensemble, models, part)]
+        if not voters:
+            status[rows] = NO_MODEL
+            continue
+        if ensemble != FITTED:
+            prob[rows] = studies.loc[rows, voters].to_numpy(dtype=np.float64).mean(axis=1)
+    if ensemble == FITTED:
+        prob = _fitted(fitted).apply(studies)[0]
+    return prob, status

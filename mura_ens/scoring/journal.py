@@ -14,9 +14,11 @@ files as an uninterrupted one.
 
 What the fingerprint covers: the input path, a digest of the scanned manifest
 (every path, study, body part and label, in order), each model's name and
-SHA-256, the precision and the mura-ens version. It does not hash image
+SHA-256, the precision, the test-time augmentation (``tta``: journalled
+probabilities of ``none`` and ``flip`` never mix) and the mura-ens version. It does not hash image
 contents (that would cost a full read of the data); batch size, workers and
-providers may change between the interrupted run and ``--resume``.
+providers may change between the interrupted run and ``--resume``, and so may
+the ensemble (it is computed from the journalled per-model probabilities at the end).
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ def manifest_digest(manifest) -> str:
     return h.hexdigest()
 
 
-def run_fingerprint(input_path: str | os.PathLike, manifest, models: Sequence, *, precision: str) -> dict:
+def run_fingerprint(
+    input_path: str | os.PathLike, manifest, models: Sequence, *, precision: str, tta: str = "none"
+) -> dict:
     """What identifies a run for ``--resume`` (see the module docstring)."""
     return {
         "format": JOURNAL_FORMAT,
@@ -59,6 +63,7 @@ def run_fingerprint(input_path: str | os.PathLike, manifest, models: Sequence, *
         "manifest_sha256": manifest_digest(manifest),
         "models": [{"name": m.name, "sha256": m.sha256} for m in models],
         "precision": precision,
+        "tta": tta,
         "mura_ens_version": __version__,
     }
 

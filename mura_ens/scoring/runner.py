@@ -13,6 +13,22 @@ inference.
 A row is a dict ``{"index", "path", "status", "error", "prob__<model>"...}``
 holding a probability only for the models that serve the image's body part
 and only when ``status == "ok"``.
+
+Test-time augmentation (``RunnerConfig.tta``): with ``flip`` every model sees
+each resized image and its horizontal mirror (the resized pixels reversed
+along the width; decoded and resized once) side by side in the same
+``session.run`` (chunks of ``2 x batch_size`` inputs), and the image's
+probability is the mean of the two, ``(p + p_mirror) / 2`` in float64.
+
+What a model gives back is checked per image: a value that is NaN, infinite
+or outside [0, 1] (beyond :data:`PROB_TOLERANCE`, within which it is clipped)
+makes the image ``model_error`` with the model named in ``error``; the image
+then has no probability from any model, so a study is scored from the rest of
+its images by every model alike. An ONNX Runtime error while a model runs is
+not an image's fault (every input a model sees has the same shape; the batch
+size is what varies): the run stops with a one-line
+:class:`~mura_ens.errors.ModelError` naming the model, finished batches stay
+journalled.
 """
 
 from __future__ import annotations
@@ -22,13 +38,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ModelError
+from ..onnx.inference import run_model
 from .models import ModelSpec
-from .sessions import SessionConfig, get_session
+from .sessions import SessionConfig, get_session, quiet_run_options
 
 #: Status of an image that was scored.
 OK = "ok"
 #: Status of an image that no model serves (its body part has no specialist and there is no generalist).
 NO_MODEL = "no_model_for_body_part"
+#: Status of an image a model gave no probability for (NaN, inf, a value outside [0, 1]).
+MODEL_ERROR = "model_error"
+
+#: Test-time augmentations: none, or the mean over the image and its horizontal mirror.
+TTAS: tuple[str, ...] = ("none", "flip")
+
+#: Outputs this far outside [0, 1] are float rounding (e.g. of a quantized sigmoid) and clipped;
+#: farther ones make the image ``model_error``. The same tolerance as the load-time probe.
+PROB_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -48,6 +75,7 @@ class RunnerConfig:
     models: tuple[ModelSpec, ...]
     session: SessionConfig = field(default_factory=SessionConfig)
     batch_size: int = 32
+    tta: str = "none"
 
     def models_for(self, body_part: str) -> tuple[ModelSpec, ...]:
         """The models that score images of ``body_part``."""
@@ -113,10 +141,14 @@ def infer_batch(prepared: PreparedBatch, config: RunnerConfig) -> list[dict]:
     """Run every model on the prepared images it serves; return the rows with probabilities.
 
     Each model sees only the ``ok`` images of the body parts it serves, in
-    chunks of ``config.batch_size``. Its first output is read as one
-    probability per image ((N, 1) or (N,)).
+    chunks of ``config.batch_size`` (:func:`mura_ens.onnx.inference.run_model`;
+    with ``tta="flip"`` each chunk also holds the images' mirrors). Its first
+    output is read as one probability per image ((N, 1) or (N,)). Images with
+    an unusable output become ``model_error`` (module doc); an ONNX Runtime
+    error is a :class:`~mura_ens.errors.ModelError`.
     """
     rows = prepared.rows
+    failed: dict[int, list[str]] = {}
     for model in config.models:
         key = model.input_key
         if key not in prepared.pixels:
@@ -125,21 +157,62 @@ def infer_batch(prepared: PreparedBatch, config: RunnerConfig) -> list[dict]:
         served = [j for j, pos in enumerate(slots) if model.serves(prepared.tasks[pos].body_part)]
         if not served:
             continue
-        session = get_session(model, config.session)
-        dtype = np.uint8 if model.input_dtype == "uint8" else np.float32
-        step = max(1, config.batch_size)
-        for start in range(0, len(served), step):
-            chunk = served[start : start + step]
-            batch = stack[chunk].astype(dtype, copy=False)
-            output = session.run(None, {model.input_name: batch})[0]
-            probs = np.asarray(output, dtype=np.float64).reshape(len(chunk), -1)
-            if probs.shape[1] != 1:
-                from ..errors import ModelError
-
-                raise ModelError(f"{model.path}: output shape {tuple(np.shape(output))}; expected (N, 1) probabilities")
-            for j, p in zip(chunk, probs[:, 0]):
-                rows[slots[j]][model.column] = float(p)
+        probs = _model_probabilities(model, stack if len(served) == len(stack) else stack[served], config)
+        for j, p in zip(served, probs):
+            problem = _unusable(p)
+            if problem:
+                failed.setdefault(slots[j], []).append(f"model {model.name} {problem}")
+            else:
+                rows[slots[j]][model.column] = min(max(float(p), 0.0), 1.0)
+    for pos, problems in failed.items():
+        row = rows[pos]
+        for model in config.models:
+            row.pop(model.column, None)
+        row["status"], row["error"] = MODEL_ERROR, "; ".join(problems)
     return rows
+
+
+def _model_probabilities(model: ModelSpec, images: np.ndarray, config: RunnerConfig) -> np.ndarray:
+    """``model``'s probability of each image (with ``flip``: the mean over the image and its mirror)."""
+    batch_size = config.batch_size
+    if config.tta == "flip":  # image, mirror, image, mirror...: each session.run holds whole pairs
+        images = np.stack([images, images[:, :, ::-1, :]], axis=1).reshape(-1, *images.shape[1:])
+        batch_size *= 2
+    try:
+        probs = run_model(
+            get_session(model, config.session),
+            images,
+            batch_size,
+            input_name=model.input_name,
+            dtype=np.uint8 if model.input_dtype == "uint8" else np.float32,
+            name=model.path,
+            run_options=quiet_run_options(),  # the error becomes one line below, not also an ORT log line
+        )
+    except ModelError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types
+        raise ModelError(_inference_failure(model, images, config, exc)) from None
+    if config.tta == "flip":
+        probs = (probs[0::2] + probs[1::2]) / 2.0
+    return probs
+
+
+def _unusable(p: float) -> str:
+    """Why ``p`` is not a probability ("" when it is one)."""
+    if not np.isfinite(p):
+        return f"returned {p}"
+    if p < -PROB_TOLERANCE or p > 1.0 + PROB_TOLERANCE:
+        return f"returned {p:.6g}, not a probability in [0, 1]"
+    return ""
+
+
+def _inference_failure(model: ModelSpec, images: np.ndarray, config: RunnerConfig, exc: Exception) -> str:
+    """The one line of an ONNX Runtime error at inference: the model, the batch size, the error."""
+    n = min(len(images), config.batch_size * (2 if config.tta == "flip" else 1))
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > 400:
+        text = text[:400] + "..."
+    return f"{model.path}: onnxruntime failed at inference on a batch of {n} images ({model.name}): {text}"
 
 
 def score_batch(tasks: Sequence[ImageTask], config: RunnerConfig) -> list[dict]:

@@ -1,10 +1,26 @@
-"""``score()``: the whole scoring run, from an input folder/manifest to the four output files.
+"""``score()``: the whole scoring run, from an input folder/manifest to its output files.
 
-Flow: scan the input (manifest + skipped files) -> load and validate the
-models -> plan batches of whole studies -> stream them through a backend,
-journalling each finished batch -> image table -> study table (ensemble) ->
-metrics -> ``images.csv``, ``studies.csv``, ``metrics.json``, ``report.html``
-(each written atomically) -> drop the journal.
+The run in named steps: ``_prepare`` (check the input and the output folder,
+resolve providers, load and check the models, scan the input) ->
+``_open_journal`` (the ``--resume`` journal) -> ``_run_batches`` (plan batches
+of whole studies, stream them through the backend, journal each finished one)
+-> ``_tables`` (image table -> study table, the ensemble) -> ``_metrics``
+(``metrics.json``, :func:`mura_ens.metrics.build_metrics`) -> ``_write_tables``
+(``images.csv``, ``studies.csv``, ``models.json``, ``metrics.json``) -> ``_write_report``
+(``report.html``) -> drop the journal. Every file is written atomically.
+
+What the run does is a :class:`ScoreSettings` (validated once, when it is
+made); where batches run is a backend object the caller builds
+(:func:`~mura_ens.scoring.backends.make_backend`).
+
+``--ensemble fitted``: ``_prepare`` loads the ensemble file and checks its
+members against the models found (name and sha256; a mismatch is a one-line
+:class:`UsageError` before any image is decoded) and warns
+(:class:`FittingOverlapWarning`) when studies being scored were in its
+fitting set. The ensemble's ``pred`` uses the file's per-part thresholds, and
+so do the ensemble's metrics (:class:`mura_ens.metrics.PartThresholds`); the
+models' own metrics keep the run's scalar threshold, and the plain
+``body_part`` mean is reported beside it under ``baselines``.
 
 Every input file is a row of ``images.csv``: scored (``ok``), with the reason
 it could not be (``unreadable``, ``truncated``, ``no_model_for_body_part``, ...)
@@ -14,9 +30,11 @@ or with the scan's skip reason (``appledouble``, ...). Every study is a row of
 
 from __future__ import annotations
 
+import hashlib
+import numbers
 import os
 import platform
-import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,30 +42,131 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..io import atomic_write_csv, atomic_write_json
-from .backends import make_backend
-from .ensemble import check_ensemble, image_probabilities, resolve_threshold, study_table
-from .journal import open_journal, run_fingerprint
-from .models import ModelSpec, load_models
+from ..metrics import DEFAULT_BOOTSTRAP, BootstrapSettings
+from .backends import Backend, make_backend
+from .ensemble import (
+    FITTED,
+    check_ensemble,
+    check_ensemble_name,
+    check_threshold,
+    image_probabilities,
+    resolve_threshold,
+    study_table,
+)
+from .journal import Journal, open_journal, run_fingerprint
+from .models import PRECISIONS, ModelSpec, load_models
 from .progress import progress_bar, wants_progress
-from .runner import ImageTask, RunnerConfig, plan_batches
+from .runner import OK, TTAS, ImageTask, RunnerConfig, plan_batches
 from .sessions import SessionConfig, default_intra_op_threads, get_session, resolve_providers, usable_cpus
 
 if TYPE_CHECKING:  # pandas is imported lazily at run time
     import pandas as pd
 
+    from ..fitting.ensemble import FittedEnsemble
+
 IMAGES_FILE = "images.csv"
 STUDIES_FILE = "studies.csv"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
+#: The models of the run (name, path, sha256, metadata): what ``mura-ens fit-ensemble`` reads to name its members.
+MODELS_FILE = "models.json"
 
-#: Test-only: seconds to sleep after each finished batch, so that a test can
-#: interrupt a run of a few dozen tiny images mid-way. Never set it otherwise.
-TEST_BATCH_DELAY_ENV = "MURA_ENS_TEST_BATCH_DELAY_S"
 
-#: Bootstrap settings of metrics.json (the same as ``mura-ens evaluate``'s defaults).
-N_BOOTSTRAP = 1000
-CI = 0.95
-BOOTSTRAP_SEED = 0
+class FittingOverlapWarning(UserWarning):
+    """Studies being scored were in the fitted ensemble's fitting set: their metrics are optimistic."""
+
+
+def default_workers() -> int:
+    """Decode threads: one per usable CPU, at most 4 (decoding is a small share of the work)."""
+    return max(1, min(4, usable_cpus()))
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What a scoring run does, checked once when it is made (a bad value is a one-line :class:`UsageError`).
+
+    Attributes
+    ----------
+    ensemble
+        ``body_part`` (mean over the models serving the study's part), ``mean``
+        (mean over the generalists) or ``fitted`` (the weights, calibrators and
+        per-part thresholds of ``ensemble_file``); see :mod:`~mura_ens.scoring.ensemble`.
+    batch_size
+        Images per ``session.run``; batches of whole studies of about this size
+        are the unit of work and of the resume journal.
+    workers
+        Decode threads of the local backend (default :func:`default_workers`).
+    threshold
+        Decision threshold in [0, 1]; default: the models' metadata threshold if
+        they agree, else 0.5. With ``fitted`` it applies to the models' own
+        metrics and the ``body_part`` baseline; the ensemble uses the file's thresholds.
+    resume
+        Continue the unfinished run journalled in the output folder instead of replacing it.
+    providers
+        onnxruntime execution providers (``cpu``, ``cuda``, full names; a tuple or a
+        comma list); default CUDA when available, else CPU. Whether this machine has
+        them is checked when the run starts.
+    precision
+        ``fp32`` or ``int8``: which file of a run folder to use.
+    bootstrap
+        The bootstrap intervals of ``metrics.json``.
+    tta
+        Test-time augmentation: ``none``, or ``flip`` (an image's probability is the
+        mean over it and its horizontal mirror; :mod:`~mura_ens.scoring.runner`).
+    ensemble_file
+        The ``ensemble.json`` of ``mura-ens fit-ensemble``: required with
+        ``ensemble="fitted"``, refused with any other ensemble.
+    """
+
+    ensemble: str = "body_part"
+    batch_size: int = 32
+    workers: int | None = None
+    threshold: float | None = None
+    resume: bool = False
+    providers: tuple[str, ...] | None = None
+    precision: str = "fp32"
+    bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP
+    tta: str = "none"
+    ensemble_file: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        check_ensemble_name(self.ensemble)
+        if not _is_count(self.batch_size):
+            raise UsageError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}")
+        if self.workers is not None and not _is_count(self.workers):
+            raise UsageError(f"--workers must be an integer >= 1, got {self.workers!r}")
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", check_threshold(self.threshold))
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if isinstance(self.providers, str):
+            object.__setattr__(self, "providers", (self.providers,))
+        elif self.providers is not None:
+            object.__setattr__(self, "providers", tuple(str(p) for p in self.providers))
+        if not isinstance(self.bootstrap, BootstrapSettings):
+            raise UsageError(f"bootstrap must be a BootstrapSettings, got {self.bootstrap!r}")
+        if self.tta not in TTAS:
+            raise UsageError(f"unknown --tta {self.tta!r}; choose one of {', '.join(TTAS)}")
+        self._check_ensemble_file()
+
+    def _check_ensemble_file(self) -> None:
+        if self.ensemble == FITTED and self.ensemble_file is None:
+            raise UsageError("--ensemble fitted needs --ensemble-file ENSEMBLE.json (written by mura-ens fit-ensemble)")
+        if self.ensemble != FITTED and self.ensemble_file is not None:
+            raise UsageError(
+                f"--ensemble-file is only used with --ensemble fitted, not with --ensemble {self.ensemble}"
+            )
+        if self.ensemble_file is not None:
+            object.__setattr__(self, "ensemble_file", Path(self.ensemble_file))
+
+    @property
+    def decode_workers(self) -> int:
+        """``workers``, or :func:`default_workers` when not given."""
+        return default_workers() if self.workers is None else self.workers
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass
@@ -65,30 +184,60 @@ class ScoreResult:
     paths: dict[str, Path]
     n_resumed_images: int = 0
     notes: list[str] = field(default_factory=list)
+    tta: str = "none"
+    ensemble_file: Path | None = None
 
 
-def default_workers() -> int:
-    """Decode threads: one per usable CPU, at most 4 (decoding is a small share of the work)."""
-    return max(1, min(4, usable_cpus()))
+@dataclass(frozen=True)
+class _FittedFile:
+    """The fitted ensemble of a ``--ensemble fitted`` run and where it came from."""
+
+    ensemble: FittedEnsemble
+    path: Path
+    sha256: str
+    overlap: int  # studies being scored that were in its fitting set
+
+
+@dataclass
+class _Run:
+    """A prepared run: checked paths and settings, loaded models, the scanned input."""
+
+    input_path: Path
+    out: Path
+    settings: ScoreSettings
+    models: list[ModelSpec]
+    threshold: float
+    providers: tuple[str, ...]
+    manifest: pd.DataFrame  # the scan's images, index 0..n-1 (a row's index is its task index)
+    skipped: pd.DataFrame  # the scan's skipped files, with their studies
+    fitted: _FittedFile | None = None
+
+    @property
+    def config(self) -> RunnerConfig:
+        """What each batch needs besides its images."""
+        settings = self.settings
+        session = SessionConfig(
+            providers=self.providers, intra_op_threads=default_intra_op_threads(settings.decode_workers)
+        )
+        return RunnerConfig(
+            models=tuple(self.models), session=session, batch_size=settings.batch_size, tta=settings.tta
+        )
+
+    @property
+    def fitted_ensemble(self) -> FittedEnsemble | None:
+        """The ``fitted`` ensemble, or None for the other ensembles."""
+        return self.fitted.ensemble if self.fitted is not None else None
 
 
 def score(
     input: str | os.PathLike,
+    out: str | os.PathLike,
     *,
     models_dir: str | os.PathLike | None = None,
     model_files: Iterable[str | os.PathLike] = (),
-    ensemble: str = "body_part",
-    out: str | os.PathLike,
-    batch_size: int = 32,
-    workers: int | None = None,
-    threshold: float | None = None,
-    resume: bool = False,
-    providers: str | Sequence[str] | None = None,
-    precision: str = "fp32",
+    settings: ScoreSettings | None = None,
+    backend: Backend | None = None,
     progress: bool | None = None,
-    backend: str = "local",
-    scheduler: str | None = None,
-    ship_models: bool = False,
 ) -> ScoreResult:
     """Score every image of ``input`` with every applicable ONNX model and write the outputs to ``out``.
 
@@ -97,181 +246,265 @@ def score(
     input
         A MURA-layout folder (any depth), a folder holding the official CSVs,
         or a manifest CSV (:func:`mura_ens.data.manifest.scan_source`).
+    out
+        Output folder (created).
     models_dir, model_files
         Where the models are: every ``*.onnx`` under ``models_dir`` and/or the
         given files (:func:`~mura_ens.scoring.models.discover_model_files`).
-    ensemble
-        ``body_part`` (mean over the models serving the study's part) or
-        ``mean`` (mean over the generalists); see :mod:`~mura_ens.scoring.ensemble`.
-    out
-        Output folder (created).
-    batch_size
-        Images per ``session.run``; batches of whole studies of about this size
-        are the unit of work and of the resume journal.
-    workers
-        Decode threads (default :func:`default_workers`); with ``backend="dask"``
-        and no scheduler, the worker processes of the in-process LocalCluster
-        (default: one per CPU).
-    threshold
-        Decision threshold; default: the models' metadata threshold if they
-        agree, else 0.5.
-    resume
-        Continue the unfinished run journalled in ``out`` instead of replacing it.
-    providers
-        onnxruntime execution providers (``cpu``, ``cuda``, full names; list or
-        comma list); default CUDA when available, else CPU.
-    precision
-        ``fp32`` or ``int8``: which file of a run folder to use.
+    settings
+        Ensemble (and its file), batch size, threshold, resume, providers,
+        precision, bootstrap, test-time augmentation (default ``ScoreSettings()``).
+    backend
+        Where batches run (:func:`~mura_ens.scoring.backends.make_backend`: ``local``
+        or ``dask``; the output files are the same); default the local backend with
+        ``settings.decode_workers`` decode threads.
     progress
         Draw a progress bar; default only when stderr is a terminal.
-    backend
-        ``local`` (this machine) or ``dask`` (a Dask cluster, see
-        :mod:`~mura_ens.scoring.dask_backend`); the output files are the same.
-    scheduler
-        ``dask`` only: the scheduler's address or scheduler file (default
-        ``$DASK_SCHEDULER_ADDRESS``; with neither, a LocalCluster is started).
-    ship_models
-        ``dask`` only: send the models' bytes to the workers instead of
-        relying on them seeing the model files at the same paths.
 
     Raises
     ------
     UsageError
         A missing input, no models, a model with the wrong input, a manifest
-        missing columns, an unknown option value. Bad *images* never raise:
-        they get a status in ``images.csv``.
+        missing columns, an ensemble file whose members are not the models
+        found, an ONNX Runtime error while a model runs. Bad *images* never
+        raise: they get a status in ``images.csv`` (``model_error`` when a model
+        gives one a NaN or a value outside [0, 1]).
     """
-    input_path = Path(input)
-    if not input_path.exists():
-        raise UsageError(f"input not found: {input_path}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out must be a folder, got a file: {out}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    requested_workers = workers
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {workers}")
-
-    chosen_providers = resolve_providers(providers)
-    models = load_models(models_dir, model_files, precision=precision)
-    check_ensemble(ensemble, models)
-    decision_threshold = resolve_threshold(models, threshold)
-    runner_backend = make_backend(
-        backend, workers=workers, scheduler=scheduler, ship_models=ship_models, cluster_workers=requested_workers
+    settings = settings if settings is not None else ScoreSettings()
+    run = _prepare(Path(input), Path(out), models_dir, model_files, settings)
+    if backend is None:
+        backend = make_backend("local", workers=settings.decode_workers)
+    run.out.mkdir(parents=True, exist_ok=True)
+    journal, done_rows, notes = _open_journal(run)
+    try:
+        scored = _run_batches(run, backend, journal, done_rows, progress)
+    finally:
+        journal.close()
+    images, studies = _tables(run, scored)
+    metrics = _metrics(run, images, studies)
+    images = images.drop(columns=["counted"])
+    written = _write_tables(run, images, studies, metrics, notes)
+    written["report"] = _write_report(run, images, studies, metrics, backend.name)
+    journal.remove()
+    return ScoreResult(
+        images=images,
+        studies=studies,
+        metrics=metrics,
+        models=list(run.models),
+        ensemble=settings.ensemble,
+        threshold=run.threshold,
+        providers=run.providers,
+        out=run.out,
+        paths=written,
+        n_resumed_images=len(done_rows),
+        notes=notes,
+        tta=settings.tta,
+        ensemble_file=run.fitted.path if run.fitted is not None else None,
     )
 
+
+def _prepare(input_path: Path, out: Path, models_dir, model_files, settings: ScoreSettings) -> _Run:
+    """Check the paths, resolve providers and threshold, load the models (each session once), scan the input."""
     from ..data.manifest import scan_source
 
+    if not input_path.exists():
+        raise UsageError(f"input not found: {input_path}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out must be a folder, got a file: {out}")
+    providers = resolve_providers(settings.providers)
+    models = load_models(models_dir, model_files, precision=settings.precision)
+    check_ensemble(settings.ensemble, models)
+    fitted = _load_fitted(settings.ensemble_file, models) if settings.ensemble == FITTED else None
+    threshold = resolve_threshold(models, settings.threshold)
     scan = scan_source(input_path)
     manifest = scan.manifest.reset_index(drop=True)
     if manifest.empty:
         skipped = len(scan.skipped)
         raise UsageError(f"no images found in {input_path}" + (f" ({skipped} files skipped)" if skipped else ""))
-
-    session = SessionConfig(providers=chosen_providers, intra_op_threads=default_intra_op_threads(workers))
-    config = RunnerConfig(models=tuple(models), session=session, batch_size=batch_size)
+    if fitted is not None:
+        fitted = _with_overlap(fitted, manifest["study"])
+    run = _Run(input_path, out, settings, models, threshold, providers, manifest, scan.skipped, fitted)
+    session = run.config.session
     for model in models:  # load every model once now: an unloadable one stops the run before any work
         get_session(model, session)
+    return run
 
-    out.mkdir(parents=True, exist_ok=True)
-    fingerprint = run_fingerprint(input_path, manifest, models, precision=precision)
-    journal, done_rows, notes = open_journal(out, fingerprint, resume=resume)
+
+def _load_fitted(path: Path, models: Sequence[ModelSpec]) -> _FittedFile:
+    """Read ``ensemble.json`` and check that its members are exactly the models found (name and sha256)."""
+    from ..fitting.ensemble import FittedEnsemble
+
+    ensemble = FittedEnsemble.load(path)
     try:
-        _check_journal_rows(done_rows, manifest)
-        done = {row["index"] for row in done_rows}
-        n_resumed = len(done_rows)
-        scored = ScoredRows(len(manifest), models)
-        scored.add(done_rows)
-        del done_rows
-        paths = manifest["path"].to_numpy(dtype=object)
-        studies_col = manifest["study"].to_numpy(dtype=object)
-        parts = manifest["body_part"].to_numpy(dtype=object)
-        tasks = [
-            ImageTask(index=i, path=paths[i], study=studies_col[i], body_part=parts[i])
-            for i in range(len(manifest))
-            if i not in done
-        ]
-        batches = plan_batches(tasks, batch_size)
-        delay = float(os.environ.get(TEST_BATCH_DELAY_ENV, "0") or 0)
-        n_studies_total = manifest["study"].nunique()
-        n_studies_done = len({studies_col[i] for i in done})
-        with progress_bar(
-            wants_progress(progress),
-            total_images=len(manifest),
-            total_studies=n_studies_total,
-            done_images=len(done),
-            done_studies=n_studies_done,
-        ) as advance:
-            for number, rows in runner_backend.map(batches, config):
-                journal.append(number, rows)
-                scored.add(rows)
-                advance(len(rows), len({studies_col[r["index"]] for r in rows}))
-                if delay:
-                    time.sleep(delay)
-    finally:
-        journal.close()
+        ensemble.check_members({m.name: m.sha256 for m in models})
+    except UsageError as exc:
+        raise UsageError(f"{exc} (ensemble file {path})") from None
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _FittedFile(ensemble=ensemble, path=Path(path), sha256=digest, overlap=0)
 
-    images = image_table(manifest, scan.skipped, scored, models, method=ensemble)
-    studies = study_table(images, models, method=ensemble, threshold=decision_threshold)
-    has_labels = bool(manifest["label"].notna().any())
-    metrics = (
-        scoring_metrics(images, studies, models, threshold=decision_threshold, ensemble=ensemble)
-        if has_labels
-        else None
+
+def _with_overlap(fitted: _FittedFile, studies) -> _FittedFile:
+    """``fitted`` with its overlap counted; a :class:`FittingOverlapWarning` when studies overlap its fitting set."""
+    from dataclasses import replace
+
+    keys = studies.astype("string").fillna("").unique().tolist()
+    overlap = fitted.ensemble.overlap(keys)
+    if overlap:
+        warnings.warn(
+            f"{overlap} of the {len(keys)} studies being scored were in the fitting set of {fitted.path}: "
+            "their metrics are optimistic (score a set the ensemble was not fitted on)",
+            FittingOverlapWarning,
+            stacklevel=3,
+        )
+    return replace(fitted, overlap=overlap)
+
+
+def _open_journal(run: _Run) -> tuple[Journal, list[dict], list[str]]:
+    """The run's journal in ``out``, the rows an interrupted run already scored, and notes for the user."""
+    settings = run.settings
+    fingerprint = run_fingerprint(
+        run.input_path, run.manifest, run.models, precision=settings.precision, tta=settings.tta
+    )
+    return open_journal(run.out, fingerprint, resume=run.settings.resume)
+
+
+def _run_batches(
+    run: _Run, backend: Backend, journal: Journal, done_rows: list[dict], progress: bool | None
+) -> ScoredRows:
+    """Score every image not already journalled, batch by batch through ``backend``, journalling each batch."""
+    manifest = run.manifest
+    _check_journal_rows(done_rows, manifest)
+    done = {row["index"] for row in done_rows}
+    scored = ScoredRows(len(manifest), run.models)
+    scored.add(done_rows)
+    paths = manifest["path"].to_numpy(dtype=object)
+    studies = manifest["study"].to_numpy(dtype=object)
+    parts = manifest["body_part"].to_numpy(dtype=object)
+    tasks = [
+        ImageTask(index=i, path=paths[i], study=studies[i], body_part=parts[i])
+        for i in range(len(manifest))
+        if i not in done
+    ]
+    batches = plan_batches(tasks, run.settings.batch_size)
+    with progress_bar(
+        wants_progress(progress),
+        total_images=len(manifest),
+        total_studies=manifest["study"].nunique(),
+        done_images=len(done),
+        done_studies=len({studies[i] for i in done}),
+    ) as advance:
+        for number, rows in backend.map(batches, run.config):
+            journal.append(number, rows)
+            scored.add(rows)
+            advance(len(rows), len({studies[r["index"]] for r in rows}))
+    return scored
+
+
+def _tables(run: _Run, scored: ScoredRows) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The image table (with its internal ``counted`` column) and the study table of the run's ensemble."""
+    ensemble, fitted = run.settings.ensemble, run.fitted_ensemble
+    images = image_table(run.manifest, run.skipped, scored, run.models, ensemble=ensemble, fitted=fitted)
+    studies = study_table(images, run.models, ensemble=ensemble, threshold=run.threshold, fitted=fitted)
+    return images, studies
+
+
+def _metrics(run: _Run, images: pd.DataFrame, studies: pd.DataFrame) -> dict | None:
+    """``metrics.json`` (None when the input has no labels).
+
+    Top level: the ensemble, at study level on the rows of ``studies.csv`` and
+    at image level on the counted rows of ``images.csv``; ``models``: each
+    model's own column on the body parts it serves. All at the run's threshold,
+    except a fitted ensemble's own predictions (its per-part thresholds); a
+    fitted run adds the plain ``body_part`` mean under ``baselines``. The
+    one-class groups' warnings are folded into one.
+    """
+    from ..metrics import ModelColumn, build_metrics, fold_undefined_warnings
+
+    if not bool(run.manifest["label"].notna().any()):
+        return None
+    members = [ModelColumn(m.name, m.column, m.body_parts) for m in run.models]
+    info = _ensemble_info(run)
+    if info.baselines:
+        studies, images = _with_plain_mean(run, images, studies)
+    images = images.loc[images["counted"]]
+    with fold_undefined_warnings():
+        return build_metrics(
+            studies,
+            images,
+            threshold=run.threshold,
+            bootstrap=run.settings.bootstrap,
+            ensemble=info,
+            models=members,
+        )
+
+
+#: Column of the plain ``body_part`` mean while a fitted run's metrics are computed (never written).
+_PLAIN_MEAN_COLUMN = "baseline__body_part"
+
+
+def _ensemble_info(run: _Run):
+    """How ``metrics.json`` describes the ensemble: name, per-part thresholds, ensemble file, TTA, baselines."""
+    from ..metrics import EnsembleInfo, ModelColumn, PartThresholds
+
+    details: dict = {}
+    thresholds = baselines = None
+    if run.fitted is not None:
+        fitted = run.fitted.ensemble
+        thresholds = PartThresholds({p: m.threshold for p, m in fitted.parts.items()}, fitted.global_threshold)
+        details["ensemble_file"] = {
+            "path": str(run.fitted.path.resolve()),
+            "sha256": run.fitted.sha256,
+            "overlapping_studies": run.fitted.overlap,
+        }
+        baselines = (ModelColumn("body_part", _PLAIN_MEAN_COLUMN),)
+    if run.settings.tta != "none":
+        details["tta"] = run.settings.tta
+    return EnsembleInfo(run.settings.ensemble, thresholds=thresholds, details=details, baselines=baselines or ())
+
+
+def _with_plain_mean(run: _Run, images: pd.DataFrame, studies: pd.DataFrame):
+    """Copies of the tables with the ``body_part`` ensemble's probability in :data:`_PLAIN_MEAN_COLUMN`.
+
+    ``images`` is the whole image table (``counted`` column included), so the
+    study rows come out in the order of ``studies``.
+    """
+    plain_images = image_probabilities(images, run.models, ensemble="body_part")
+    plain_studies = study_table(images, run.models, ensemble="body_part", threshold=run.threshold)["prob"]
+    return (
+        studies.assign(**{_PLAIN_MEAN_COLUMN: plain_studies.to_numpy()}),
+        images.assign(**{_PLAIN_MEAN_COLUMN: plain_images}),
     )
 
-    written: dict[str, Path] = {}
-    images_out = images.drop(columns=["counted"])
-    written["images"] = atomic_write_csv(out / IMAGES_FILE, images_out)
-    written["studies"] = atomic_write_csv(out / STUDIES_FILE, studies)
+
+def _write_tables(run: _Run, images, studies, metrics: dict | None, notes: list[str]) -> dict[str, Path]:
+    """``images.csv``, ``studies.csv``, ``models.json`` and ``metrics.json`` (a stale one removed when there are no labels)."""
+    out = run.out
+    written = {
+        "images": atomic_write_csv(out / IMAGES_FILE, images),
+        "studies": atomic_write_csv(out / STUDIES_FILE, studies),
+        "models": atomic_write_json(out / MODELS_FILE, {"models": [m.describe() for m in run.models]}),
+    }
     if metrics is not None:
         written["metrics"] = atomic_write_json(out / METRICS_FILE, metrics)
     elif (out / METRICS_FILE).exists():
         (out / METRICS_FILE).unlink()  # a stale file from an earlier run would be mistaken for this one's
         notes.append(f"no labels in the input: removed the earlier {out / METRICS_FILE}")
+    return written
 
+
+def _write_report(run: _Run, images, studies, metrics: dict | None, backend: str) -> Path:
+    """``report.html``: the tables, the metrics as given, failed inputs and the run's provenance."""
     from ..report import write_report
 
-    failed = images_out.loc[images_out["status"] != "ok", ["path", "study", "body_part", "status", "error"]]
-    model_info = [_model_info(m) for m in models]
-    provenance = _provenance(
-        input_path,
-        out,
-        models,
-        ensemble=ensemble,
-        threshold=decision_threshold,
-        precision=precision,
-        backend=backend,
-        providers=chosen_providers,
-        batch_size=batch_size,
-        workers=workers,
-        n_images=len(manifest),
-        n_skipped=len(scan.skipped),
-    )
-    written["report"] = write_report(
-        out / REPORT_FILE,
+    failed = images.loc[images["status"] != OK, ["path", "study", "body_part", "status", "error"]]
+    return write_report(
+        run.out / REPORT_FILE,
         studies=studies,
-        images=images_out,
+        images=images,
         metrics=metrics,
-        models=model_info,
-        provenance=provenance,
+        models=[_model_info(m) for m in run.models],
+        provenance=_provenance(run, backend),
         failed=failed,
-    )
-    journal.remove()
-    return ScoreResult(
-        images=images_out,
-        studies=studies,
-        metrics=metrics,
-        models=list(models),
-        ensemble=ensemble,
-        threshold=decision_threshold,
-        providers=chosen_providers,
-        out=out,
-        paths=written,
-        n_resumed_images=n_resumed,
-        notes=notes,
     )
 
 
@@ -301,19 +534,19 @@ class ScoredRows:
                     values[i] = value
 
 
-def image_table(manifest, skipped, scored: ScoredRows, models: Sequence[ModelSpec], *, method: str):
+def image_table(manifest, skipped, scored: ScoredRows, models: Sequence[ModelSpec], *, ensemble: str, fitted=None):
     """The rows of ``images.csv`` (plus an internal ``counted`` column), in input order.
 
     Manifest images first, in manifest order, with the runner's status,
     error and per-model probabilities; then the files the scan skipped, with
-    their skip reason as status (``counted`` False: they are listed, not
-    counted as images of a study). A skipped file inside a known study folder
-    carries that study's key, patient, body part and label.
+    their skip reason as status and the study the scan found for them
+    (:func:`mura_ens.data.layout.skipped_frame`; ``counted`` False: they are
+    listed, not counted as images of a study).
     """
     import numpy as np
     import pandas as pd
 
-    from ..data.layout import SKIP_REASONS, parse_study_dir
+    from ..data.layout import SKIP_REASONS
 
     status, error, probs = scored.status, scored.error, scored.probs
     if (status == "").any():  # pragma: no cover - a bug, not a user error
@@ -328,95 +561,22 @@ def image_table(manifest, skipped, scored: ScoredRows, models: Sequence[ModelSpe
     frame["counted"] = True
 
     if len(skipped):
-        folders = manifest.assign(folder=manifest["path"].map(os.path.dirname)).drop_duplicates("folder")
-        by_folder = {r.folder: r for r in folders.itertuples(index=False)}
-        extra = []
-        for path, reason in zip(skipped["path"], skipped["reason"]):
-            known = by_folder.get(path if reason == "empty_study" else os.path.dirname(path))
-            info = (
-                None
-                if known
-                else parse_study_dir(Path(path if reason == "empty_study" else os.path.dirname(path)).parts)
-            )
-            extra.append(
-                {
-                    "path": path,
-                    "study": known.study if known else (info.key if info else ""),
-                    "patient": known.patient if known else (info.patient if info else ""),
-                    "body_part": known.body_part if known else (info.body_part if info else ""),
-                    "label": known.label if known else (info.label if info else pd.NA),
-                    "status": reason,
-                    "error": SKIP_REASONS.get(reason, ""),
-                    "counted": False,
-                }
-            )
-        extra_frame = pd.DataFrame(extra)
-        extra_frame["label"] = extra_frame["label"].astype("Int64")
-        for column in probs:
-            extra_frame[column] = np.nan
-        frame = pd.concat([frame, extra_frame[frame.columns]], ignore_index=True)
+        extra = skipped[["path", "study", "patient", "body_part", "label", "reason"]].rename(
+            columns={"reason": "status"}
+        )
+        extra = extra.assign(
+            label=extra["label"].astype("Int64"),
+            error=[SKIP_REASONS.get(reason, "") for reason in extra["status"]],
+            counted=False,
+            **{column: np.nan for column in probs},
+        )
+        frame = pd.concat([frame, extra[frame.columns]], ignore_index=True)
 
-    frame.insert(frame.columns.get_loc("status"), "prob", image_probabilities(frame, models, method=method))
+    probs = image_probabilities(frame, models, ensemble=ensemble, fitted=fitted)
+    frame.insert(frame.columns.get_loc("status"), "prob", probs)
     for column in ("path", "study", "patient", "body_part", "status", "error"):
         frame[column] = frame[column].astype("str")
     return frame
-
-
-def scoring_metrics(images, studies, models: Sequence[ModelSpec], *, threshold: float, ensemble: str) -> dict:
-    """The ``metrics.json`` of a scoring run (docs/INTERNALS.md).
-
-    Top level: the ensemble, at study level on the rows of ``studies.csv`` and
-    at image level on the counted rows of ``images.csv`` (rows without a
-    probability or a label are excluded and counted in ``n_excluded``).
-    ``models``: the same for each model's own column, restricted to the body
-    parts it serves. All at the run's threshold.
-    """
-    import warnings
-
-    from ..metrics import UndefinedMetricWarning
-
-    images = images.loc[images["counted"]] if "counted" in images.columns else images
-    options = dict(threshold=threshold, n_bootstrap=N_BOOTSTRAP, ci=CI, seed=BOOTSTRAP_SEED)
-    # One warning per one-class group would be dozens of lines (levels x models x parts): collect them into one.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UndefinedMetricWarning)
-        result = _all_metrics(images, studies, models, options, ensemble)
-    undefined = []
-    for w in caught:
-        if issubclass(w.category, UndefinedMetricWarning):
-            undefined.append(str(w.message).split(":")[0])
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if undefined:
-        shown = "; ".join(undefined[:6]) + (f"; ... {len(undefined) - 6} more" if len(undefined) > 6 else "")
-        warnings.warn(
-            f"ROC AUC is undefined (only one class) in {len(undefined)} groups, null in metrics.json: {shown}",
-            UndefinedMetricWarning,
-            stacklevel=2,
-        )
-    return result
-
-
-def _all_metrics(images, studies, models, options: dict, ensemble: str) -> dict:
-    from ..metrics import grouped_metrics
-
-    threshold = options["threshold"]
-    result = {
-        "threshold": float(threshold),
-        "ensemble": ensemble,
-        "bootstrap": {"n_resamples": N_BOOTSTRAP, "ci": CI, "seed": BOOTSTRAP_SEED},
-        "study": grouped_metrics(studies, prob_col="prob", name="study", **options),
-        "image": grouped_metrics(images, prob_col="prob", name="image", **options),
-        "models": {},
-    }
-    for m in models:
-        s = studies if m.is_generalist else studies.loc[studies["body_part"].isin(m.body_parts)]
-        i = images if m.is_generalist else images.loc[images["body_part"].isin(m.body_parts)]
-        result["models"][m.name] = {
-            "study": grouped_metrics(s, prob_col=m.column, name=f"{m.name} study", **options),
-            "image": grouped_metrics(i, prob_col=m.column, name=f"{m.name} image", **options),
-        }
-    return result
 
 
 def _check_journal_rows(rows: list[dict], manifest) -> None:
@@ -431,9 +591,11 @@ def _model_info(model: ModelSpec) -> dict:
     """A model's provenance: its metadata, and its run's card.json when one sits beside it."""
     import json
 
+    from ..run_folder import CARD_FILE
+
     info = model.describe()
     info["card"] = None
-    card = Path(model.path).parent / "card.json"
+    card = Path(model.path).parent / CARD_FILE
     if card.is_file():
         try:
             info["card"] = json.loads(card.read_text(encoding="utf-8"))
@@ -442,16 +604,38 @@ def _model_info(model: ModelSpec) -> dict:
     return info
 
 
-def _provenance(input_path: Path, out: Path, models, **options) -> dict:
+def _provenance(run: _Run, backend: str) -> dict:
     """Input and options of the run for the report (which adds library versions itself).
 
     No clock time here: a resumed run describes itself exactly as an uninterrupted one.
     """
+    settings = run.settings
     return {
         "command": "mura-ens score",
-        "input": str(input_path.resolve()),
-        "out": str(out.resolve()),
-        "models": ", ".join(m.name for m in models),
-        **{k: (", ".join(v) if isinstance(v, tuple) else v) for k, v in options.items()},
+        "input": str(run.input_path.resolve()),
+        "out": str(run.out.resolve()),
+        "models": ", ".join(m.name for m in run.models),
+        "ensemble": settings.ensemble,
+        **_fitted_provenance(run),
+        "threshold": run.threshold,
+        "tta": settings.tta,
+        "precision": settings.precision,
+        "backend": backend,
+        "providers": ", ".join(run.providers),
+        "batch_size": settings.batch_size,
+        "workers": settings.decode_workers,
+        "n_images": len(run.manifest),
+        "n_skipped": len(run.skipped),
         "platform": f"{platform.system()} {platform.machine()}",
+    }
+
+
+def _fitted_provenance(run: _Run) -> dict:
+    """The ensemble file's path and sha256, and its content for the report's "Fitted ensemble" section."""
+    if run.fitted is None:
+        return {}
+    return {
+        "ensemble_file": str(run.fitted.path.resolve()),
+        "ensemble_file_sha256": run.fitted.sha256,
+        "fitted_ensemble": run.fitted.ensemble.to_dict(),
     }

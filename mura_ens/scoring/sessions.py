@@ -4,6 +4,13 @@ An ``InferenceSession`` cannot be pickled, so work sent to another process
 (or a Dask worker) carries only :class:`~mura_ens.scoring.models.ModelSpec`
 and :class:`SessionConfig`; :func:`get_session` builds the session there on
 first use and keeps it for the life of the process.
+
+Every new session is probed before it is handed out (:func:`probe_session`):
+one run on a 2-image batch at the model's input size (:func:`probe_images`:
+a mid-grey image and a fixed noise image) must give one finite probability
+in [0, 1] per image. A model that fails (an ONNX Runtime error at run time,
+NaN/inf, logits, one value for two images) is a one-line :class:`ModelError`
+naming the file, before any image of the run is scored.
 """
 
 from __future__ import annotations
@@ -93,7 +100,7 @@ class SessionConfig:
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0  # 0 = onnxruntime's default (one per physical core)
-    #: Apply the exact graph rewrites of :mod:`mura_ens.onnx_rewrite` (BatchNorm Mul/Add after a Concat
+    #: Apply the exact graph rewrites of :mod:`mura_ens.onnx.rewrite` (BatchNorm Mul/Add after a Concat
     #: -> depthwise 1x1 Conv, pool before pointwise conv, ...) before building the session.
     rewrite: bool = True
 
@@ -139,13 +146,88 @@ def model_source(path: str, *, rewrite: bool = True) -> str | bytes:
     try:
         import onnx
 
-        from ..onnx_rewrite import rewrite_for_inference
+        from ..onnx.rewrite import rewrite_for_inference
 
         model = onnx.load(path)
         model, summary = rewrite_for_inference(model, inplace=True, check=False)
         return model.SerializeToString() if summary.changed else path
     except Exception:
         return path
+
+
+#: Tolerance of the [0, 1] check on probe outputs (float rounding of a quantized sigmoid, never a logit).
+PROBE_TOLERANCE = 1e-6
+_PROBE_SEED = 0
+
+
+def probe_images(size: int, dtype: str = "float32"):
+    """The probe batch: (2, size, size, 3) pixels, a mid-grey image (128) and a fixed uniform noise image (0-255).
+
+    Deterministic (seeded), so a model fails or passes the probe the same way every time.
+    """
+    import numpy as np
+
+    noise = np.random.default_rng(_PROBE_SEED).integers(0, 256, size=(size, size, 3))
+    grey = np.full((size, size, 3), 128)
+    return np.stack([grey, noise]).astype(dtype)
+
+
+def probe_session(session, spec):
+    """Run ``session`` once on :func:`probe_images` and check its output; return the two probabilities.
+
+    ``spec`` is a :class:`~mura_ens.scoring.models.ModelSpec` (its path, input name, size and dtype).
+    Raises :class:`ModelError` (one line, naming ``spec.path``) when ONNX Runtime fails on the
+    batch (e.g. a Reshape fixed to batch 1), the output is not one value per image, a value is
+    NaN/inf, or a value is outside [0, 1] (logits: export with a sigmoid output).
+    """
+    import numpy as np
+
+    images = probe_images(spec.input_size, spec.input_dtype)
+    try:
+        output = session.run(None, {spec.input_name: images}, quiet_run_options())[0]
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types
+        raise ModelError(
+            f"{spec.path}: onnxruntime fails on a 2-image test batch: {_first_line(exc)} "
+            "(if it was exported for a fixed batch size, export it with a dynamic batch dimension)"
+        ) from None
+    values = np.asarray(output, dtype=np.float64)
+    if values.size != len(images):
+        raise ModelError(
+            f"{spec.path}: output shape {tuple(np.shape(output))} on a 2-image test batch; expected (2, 1), "
+            "one probability per image (export it with a dynamic batch dimension)"
+        )
+    values = values.reshape(-1)
+    if not np.isfinite(values).all():
+        shown = ", ".join(str(v) for v in values)
+        raise ModelError(
+            f"{spec.path}: outputs {shown} on a 2-image test batch (mid-grey and noise images); "
+            "a model must output finite probabilities (NaN/inf: broken weights or an unstable graph?)"
+        )
+    if values.min() < -PROBE_TOLERANCE or values.max() > 1 + PROBE_TOLERANCE:
+        shown = ", ".join(f"{v:.4g}" for v in values)
+        raise ModelError(
+            f"{spec.path}: outputs {shown} on a 2-image test batch, outside [0, 1]: it looks like logits; "
+            "export it with a sigmoid output"
+        )
+    return values
+
+
+def quiet_run_options():
+    """``RunOptions`` under which a failing ``session.run`` raises without also logging to stderr.
+
+    onnxruntime logs a run-time error (e.g. a Reshape that fails) on stderr *and* raises it;
+    the caller turns the exception into one line, so the log would be a second, noisy copy.
+    """
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # fatal only
+    return options
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _CACHE: dict[tuple, object] = {}
@@ -156,7 +238,9 @@ def get_session(spec, config: SessionConfig):
     """The process's session for ``spec`` (a ModelSpec) under ``config``, built on first use.
 
     Cached per (file, its hash, config): every later batch in this process
-    reuses it. A model onnxruntime cannot load is a :class:`ModelError`.
+    reuses it. A new session is probed once (:func:`probe_session`) before it is
+    cached. A model onnxruntime cannot load, or one that fails the probe, is a
+    :class:`ModelError`.
     """
     key = (spec.path, spec.sha256, config)
     session = _CACHE.get(key)
@@ -174,8 +258,8 @@ def get_session(spec, config: SessionConfig):
                     providers=list(config.providers),
                 )
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelError(f"{spec.path}: onnxruntime cannot load it: {first}") from None
+                raise ModelError(f"{spec.path}: onnxruntime cannot load it: {_first_line(exc)}") from None
+            probe_session(session, spec)
             _CACHE[key] = session
     return session
 

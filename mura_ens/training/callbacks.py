@@ -88,9 +88,11 @@ def _current_lr(model) -> float:
 
 
 def _as_float(value) -> float | None:
+    """``value`` as a float; None when missing or undefined (NaN: e.g. the AUC of a one-class fold)."""
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return None if math.isnan(number) else number

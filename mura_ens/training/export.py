@@ -17,39 +17,65 @@ onnxruntime 1.32):
 
 Export fails (:class:`ParityError`, nothing written) when ONNX Runtime and
 Keras disagree on a real batch of data images by more than
-:data:`PARITY_TOLERANCE` in probability.
+:data:`PARITY_TOLERANCE` in probability. The metadata written are
+:class:`~mura_ens.run_folder.ModelMetadata`; file names are
+:mod:`mura_ens.run_folder`'s.
 
 int8 models are made from the exported ``model.onnx`` by
-:func:`mura_ens.quantize.quantize_run` (ONNX Runtime only, no TensorFlow);
+:func:`mura_ens.onnx.quantize.quantize_run` (ONNX Runtime only, no TensorFlow);
 ``mura-ens export RUN_DIR --quantize int8`` runs it.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..errors import ModelError, UsageError
-from ..io import atomic_write_bytes, atomic_write_json
+from ..io import atomic_write_bytes
+from ..onnx.inference import cpu_session, run_model
+from ..run_folder import (  # file names re-exported: the trainer imports them from here
+    BEST_FILE,
+    CARD_FILE,
+    DEFAULT_THRESHOLD,
+    MODEL_FILE,
+    PARITY_BATCH_FILE,
+    ModelMetadata,
+    as_onnx_props,
+    card_metadata,
+    read_card,
+    read_onnx_props,
+    require_run_files,
+    update_card,
+    write_onnx_props,
+)
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "image"
-MODEL_FILE = "model.onnx"
-CARD_FILE = "card.json"
-BEST_FILE = "best.keras"
-#: A few real, preprocessed data images kept in the run folder so ``export_run`` can re-check parity.
-PARITY_BATCH_FILE = "parity_batch.npz"
 
 
 class ParityError(ModelError):
     """ONNX Runtime and Keras disagree on the same images by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportedRun:
+    """What :func:`export_run` wrote: the ONNX model, its metadata and the card's new ``export`` section."""
+
+    path: Path
+    metadata: ModelMetadata
+    export: dict[str, Any]
+
+    @property
+    def onnx_max_abs_diff(self) -> float:
+        """Largest ONNX-vs-Keras probability difference on the parity images."""
+        return self.export["onnx_max_abs_diff"]
 
 
 def onnx_metadata(
@@ -59,30 +85,26 @@ def onnx_metadata(
     body_parts: list[str] | tuple[str, ...],
     input_size: int,
     resize_policy: str,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     base_plugin: str | None = None,
 ) -> dict[str, str]:
-    """The ``metadata_props`` every exported model carries (docs/INTERNALS.md)."""
-    props = {
-        "plugin": plugin,
-        "model_name": model_name,
-        "body_parts": ",".join(body_parts),
-        "input_size": str(int(input_size)),
-        "resize_policy": resize_policy,
-        "threshold": repr(float(threshold)),
-        "mura_ens_version": __version__,
-    }
-    if base_plugin:
-        props["base_plugin"] = base_plugin
-    return props
+    """The ``metadata_props`` every exported model carries, as a dict (:meth:`ModelMetadata.to_onnx_props`)."""
+    return ModelMetadata(
+        plugin=plugin,
+        model_name=model_name,
+        body_parts=tuple(body_parts),
+        input_size=input_size,
+        resize_policy=resize_policy,
+        threshold=threshold,
+        extra={"base_plugin": base_plugin} if base_plugin else {},
+    ).to_onnx_props()
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """``metadata_props`` of an ONNX file as a dict (no TensorFlow needed)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    return {prop.key: prop.value for prop in model.metadata_props}
+    return read_onnx_props(onnx.load(str(path), load_external_data=False))
 
 
 def float32_model(model):
@@ -155,40 +177,31 @@ def _name_batch_dimension(model_proto) -> None:
             dim[0].dim_param = "N"
 
 
-def set_metadata(model_proto, metadata: Mapping[str, str]) -> None:
+def set_metadata(model_proto, metadata: ModelMetadata | Mapping[str, str]) -> None:
     """Replace the ``metadata_props`` of ``model_proto`` with ``metadata`` (values as strings)."""
-    del model_proto.metadata_props[:]
-    for key, value in metadata.items():
-        prop = model_proto.metadata_props.add()
-        prop.key = str(key)
-        prop.value = str(value)
+    write_onnx_props(model_proto, metadata)
     model_proto.doc_string = (
         "mura-ens model: float32 (N, H, W, 3) RGB pixels in 0-255 -> (N, 1) probability of abnormality"
     )
 
 
 def onnx_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
-    """Run ONNX Runtime (CPUExecutionProvider) on ``images``; return probabilities (N,)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)}
-    return np.asarray(session.run(None, feed)[0], dtype=np.float64).reshape(-1)
+    """Run ONNX Runtime (CPUExecutionProvider) on ``images`` as one batch; return probabilities (N,)."""
+    return run_model(cpu_session(model_bytes), images, max(1, len(images)), name="exported model")
 
 
 def export_model(
     model,
     path: str | Path,
     *,
-    metadata: Mapping[str, str],
+    metadata: ModelMetadata | Mapping[str, str],
     parity_images: np.ndarray,
     opset: int = OPSET,
     tolerance: float = PARITY_TOLERANCE,
 ) -> dict[str, Any]:
     """Convert ``model`` to ONNX at ``path`` after checking parity with Keras on ``parity_images``.
 
+    ``metadata``: the model's :class:`~mura_ens.run_folder.ModelMetadata` (or its props as a dict).
     ``parity_images``: float32 (N, S, S, 3) 0-255 real data images (N >= 1).
     Returns ``{"path", "onnx_max_abs_diff", "parity_images", "opset",
     "seconds", "bytes", "input_name", "output_name"}``. Raises
@@ -209,7 +222,7 @@ def export_model(
     diff = float(np.max(np.abs(onnx_prob - keras_prob)))
     if not np.isfinite(diff) or diff > tolerance:
         raise ParityError(
-            f"ONNX export of {metadata.get('model_name', '?')} fails the parity check: "
+            f"ONNX export of {as_onnx_props(metadata).get('model_name', '?')} fails the parity check: "
             f"max |p_onnx - p_keras| = {diff:.3g} > {tolerance:g} on {len(images)} images"
         )
     atomic_write_bytes(path, data)
@@ -244,33 +257,43 @@ def load_parity_batch(run_dir: str | Path) -> tuple[np.ndarray, list[str]]:
         return data["images"].astype(np.float32), [str(p) for p in data["paths"]]
 
 
-def export_run(run_dir: str | Path) -> Path:
-    """Re-export ``RUN_DIR/best.keras`` to ``RUN_DIR/model.onnx``; update ``card.json``. Returns the ONNX path.
+def require_finished_run(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path when it is a finished run; one-line :class:`UsageError` for a run being built or
+    killed (a hidden ``.<name>.partial-<pid>`` folder, or a run folder without ``card.json``)."""
+    from ..run_folder import is_unfinished_run
+    from .atomic_run import is_partial_run_dir
 
-    Metadata come from the card; parity is checked on the run's saved batch
-    of real images (``parity_batch.npz``), or on the card's parity image
-    paths when that file is gone.
-    """
     run_dir = Path(run_dir)
-    card_path = run_dir / CARD_FILE
-    best = run_dir / BEST_FILE
-    for needed in (run_dir, card_path, best):
-        if not needed.exists():
-            raise UsageError(f"not a mura-ens run folder: {needed} is missing")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        metadata = dict(card["onnx_metadata"])
-        image_size = int(metadata["input_size"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"{card_path} is not a mura-ens model card ({type(exc).__name__}: {exc})") from None
-    images, paths = _run_parity_images(run_dir, card, image_size, metadata.get("resize_policy", "stretch"))
-    model = load_best_model(best, plugin=card.get("base_plugin") or card.get("plugin"))
+    if run_dir.is_dir() and is_partial_run_dir(run_dir):
+        raise UsageError(
+            f"{run_dir} is an unfinished run (a training still running or killed); it is never exported: "
+            "use the finished run folder, or train again"
+        )
+    if run_dir.is_dir() and is_unfinished_run(run_dir):
+        raise UsageError(
+            f"{run_dir} is an unfinished run (no {CARD_FILE}: training stopped before the end); train again"
+        )
+    return run_dir
+
+
+def export_run(run_dir: str | Path) -> ExportedRun:
+    """Re-export ``RUN_DIR/best.keras`` to ``RUN_DIR/model.onnx``; update ``card.json``.
+
+    Metadata come from the card (``onnx_metadata``, parsed as :class:`ModelMetadata`); parity is
+    checked on the run's saved batch of real images (``parity_batch.npz``), or on the card's
+    parity image paths when that file is gone. Returns the path, metadata and the card's new
+    ``export`` section (:class:`ExportedRun`). An unfinished run is refused (:func:`require_finished_run`).
+    """
+    run_dir = require_finished_run(run_dir)
+    run_dir = require_run_files(run_dir, CARD_FILE, BEST_FILE)
+    card = read_card(run_dir)
+    metadata = card_metadata(card, run_dir=run_dir)
+    images, paths = _run_parity_images(run_dir, card, metadata.input_size, metadata.resize_policy)
+    model = load_best_model(run_dir / BEST_FILE, plugin=card.get("base_plugin") or card.get("plugin"))
     info = export_model(model, run_dir / MODEL_FILE, metadata=metadata, parity_images=images)
     info["parity_paths"] = paths
-    card["export"] = info
-    card["onnx_max_abs_diff"] = info["onnx_max_abs_diff"]
-    atomic_write_json(card_path, card)
-    return run_dir / MODEL_FILE
+    update_card(run_dir, {"export": info, "onnx_max_abs_diff": info["onnx_max_abs_diff"]})
+    return ExportedRun(path=run_dir / MODEL_FILE, metadata=metadata, export=info)
 
 
 def _run_parity_images(run_dir: Path, card: dict, image_size: int, resize_policy: str) -> tuple[np.ndarray, list[str]]:

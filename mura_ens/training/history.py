@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-#: Columns of ``history.tsv``; metrics are unweighted, ``lr`` is the rate used in that epoch.
+#: Columns of ``history.tsv``; metrics are unweighted, ``lr`` is the rate used in that epoch. An undefined
+#: value (the AUC or kappa of a one-class fold, a loss of no batch) is an empty cell (``None`` when read back).
 HISTORY_COLUMNS: tuple[str, ...] = (
     "epoch",
     "loss",
@@ -57,11 +58,14 @@ def read_history(path: str | Path) -> list[dict]:
 
 
 def progress_line(row: dict, epochs: int, *, best: bool) -> str:
-    """``epoch 3/20  loss 0.612 auc 0.710 acc 0.660 kappa 0.310 | val ... | lr 1e-03 | 12.3 s *``."""
+    """``epoch 3/20  loss 0.612 auc 0.710 acc 0.660 kappa 0.310 | val ... | lr 1e-03 | 12.3 s *``.
+
+    An undefined value (None or NaN: e.g. the AUC of a one-class fold) is shown as ``n/a``, never as a number.
+    """
 
     def fmt(key: str) -> str:
         value = row.get(key)
-        return "  -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
     train = f"loss {fmt('loss')} auc {fmt('auc')} acc {fmt('accuracy')} kappa {fmt('kappa')}"
     val = f"val loss {fmt('val_loss')} auc {fmt('val_auc')} acc {fmt('val_accuracy')} kappa {fmt('val_kappa')}"

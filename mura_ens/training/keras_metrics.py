@@ -16,10 +16,17 @@ ops = keras.ops
 
 @keras.saving.register_keras_serializable(package="mura_ens")
 class UnweightedAUC(keras.metrics.AUC):
-    """ROC AUC (Keras' 200-threshold approximation), ignoring sample weights."""
+    """ROC AUC (Keras' 200-threshold approximation), ignoring sample weights; NaN (undefined) unless both
+    classes were seen (Keras itself would report 0)."""
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         return super().update_state(y_true, y_pred)
+
+    def result(self):
+        positives = self.true_positives[0] + self.false_negatives[0]
+        negatives = self.false_positives[0] + self.true_negatives[0]
+        defined = ops.logical_and(positives > 0, negatives > 0)
+        return ops.where(defined, super().result(), float("nan"))
 
 
 @keras.saving.register_keras_serializable(package="mura_ens")
@@ -34,8 +41,8 @@ class UnweightedAccuracy(keras.metrics.BinaryAccuracy):
 class BinaryKappa(keras.metrics.Metric):
     """Cohen's kappa of ``prob > threshold`` against 0/1 labels, from a running confusion matrix.
 
-    Equals ``sklearn.metrics.cohen_kappa_score`` on the same rows; 0 where
-    kappa is undefined (all labels and predictions one class).
+    Equals ``sklearn.metrics.cohen_kappa_score`` on the same rows; NaN where
+    kappa is undefined (no rows, or all labels and predictions of one class), as scikit-learn.
     """
 
     def __init__(self, threshold: float = 0.5, name: str = "kappa", **kwargs):
@@ -59,7 +66,8 @@ class BinaryKappa(keras.metrics.Metric):
         observed = (tp + tn) / safe_n
         expected = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / (safe_n * safe_n)
         denominator = 1.0 - expected
-        return ops.where(denominator > 1e-7, (observed - expected) / ops.maximum(denominator, 1e-7), 0.0)
+        defined = ops.logical_and(n > 0, denominator > 1e-7)
+        return ops.where(defined, (observed - expected) / ops.maximum(denominator, 1e-7), float("nan"))
 
     def reset_state(self):
         self.counts.assign(ops.zeros((4,), dtype="float32"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -79,23 +80,27 @@ def _load_map(size: int, policy: str, failures: LoadFailures, cache=None):
     return load_tf
 
 
-def augment_batch(images):
+def augment_batch(images, seed=None):
     """Random horizontal and vertical flips and a rotation within +-30 degrees, per image.
 
     ``images``: float32 (N, H, W, 3). Rotation is bilinear about the centre
     with black fill (the background of a radiograph). Pure TF ops.
+    ``seed``: an int64 tensor of shape (2,) for stateless random draws (the
+    same seed gives the same augmentation, whatever thread runs it); ``None``
+    draws from TF's stateful generator.
     """
     tf, _ = import_tensorflow()
     shape = tf.shape(images)
     n = shape[0]
     height = tf.cast(shape[1], tf.float32)
     width = tf.cast(shape[2], tf.float32)
-    flip_lr = tf.random.uniform([n]) < 0.5
+    uniform = _uniform_draws(seed)
+    flip_lr = uniform(0, [n]) < 0.5
     images = tf.where(flip_lr[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    flip_ud = tf.random.uniform([n]) < 0.5
+    flip_ud = uniform(1, [n]) < 0.5
     images = tf.where(flip_ud[:, None, None, None], tf.reverse(images, axis=[1]), images)
     limit = math.radians(MAX_ROTATION_DEGREES)
-    angles = tf.random.uniform([n], -limit, limit)
+    angles = uniform(2, [n], -limit, limit)
     cos, sin = tf.cos(angles), tf.sin(angles)
     # Output->input pixel map of a rotation about the image centre (as in tf-addons / Keras RandomRotation).
     x_offset = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2.0
@@ -112,55 +117,89 @@ def augment_batch(images):
     )
 
 
+def _uniform_draws(seed):
+    """``uniform(k, shape, lo=0, hi=1)``: the k-th independent draw, stateless from ``seed`` unless it is None."""
+    tf, _ = import_tensorflow()
+    if seed is None:
+        return lambda k, shape, lo=0.0, hi=1.0: tf.random.uniform(shape, lo, hi)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+    return lambda k, shape, lo=0.0, hi=1.0: tf.random.stateless_uniform(shape, seeds[k], lo, hi)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a ``fit`` stream decodes and batches images.
+
+    ``batch_size`` is the size of the batches the stream yields (the global
+    batch under a distribution strategy). ``seed`` seeds the shuffle and the
+    augmentation. ``deterministic`` (default True): the parallel decode hands
+    images over in the (seeded) order, so a seeded run is reproducible; False
+    lets images go by as they finish decoding (the order then depends on thread
+    timing; benchmarks/input_pipeline.py measures what that saves). Multi-worker
+    training needs True (every worker must see the same stream to shard it by
+    element). ``cache``: an
+    :class:`~mura_ens.training.cache.ImageCache` holding the stream's paths at
+    this size and policy; decoded pixels are then stored once and reused.
+    """
+
+    image_size: int
+    resize_policy: str
+    batch_size: int
+    seed: int = 0
+    deterministic: bool = True
+    cache: Any = None
+
+
 def training_dataset(
     frame: pd.DataFrame,
     weights: np.ndarray,
+    settings: StreamSettings,
     *,
-    image_size: int,
-    resize_policy: str,
-    batch_size: int,
     failures: LoadFailures,
     shuffle: bool,
     augment: bool,
-    seed: int,
-    deterministic: bool | None = None,
-    cache=None,
 ) -> Any:
     """Batches of ``(images, labels, sample_weights)`` for ``fit`` (training or validation).
 
     Images that fail to load are filtered out (and recorded in ``failures``).
     ``shuffle`` reshuffles every epoch; ``augment`` applies
-    :func:`augment_batch` (training only). ``deterministic``: whether the
-    parallel decode keeps the (seeded) order; default: only when not
-    shuffling. Multi-worker training needs it (every worker must see the same
-    stream to shard it by element). ``cache``: an
-    :class:`~mura_ens.training.cache.ImageCache` holding these paths at this
-    size and policy; decoded pixels are then stored once and reused.
+    :func:`augment_batch` (training only).
     """
     tf, _ = import_tensorflow()
     paths = frame["path"].astype(str).to_numpy(dtype=object).astype(str)
     labels = pd.to_numeric(frame["label"]).to_numpy(dtype=np.float32).reshape(-1, 1)
     data = tf.data.Dataset.from_tensor_slices((paths, labels, np.asarray(weights, dtype=np.float32)))
     if shuffle:
-        data = data.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    load = _load_map(image_size, resize_policy, failures, cache)
+        data = data.shuffle(len(paths), seed=settings.seed, reshuffle_each_iteration=True)
+    load = _load_map(settings.image_size, settings.resize_policy, failures, settings.cache)
 
     def load_row(path, label, weight):
         pixels, ok = load(path)
         return pixels, label, weight, ok
 
-    if deterministic is None:
-        deterministic = not shuffle
-    data = data.map(load_row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=bool(deterministic))
+    deterministic = bool(settings.deterministic)
+    data = data.map(load_row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     data = data.filter(lambda pixels, label, weight, ok: ok)
     data = data.map(lambda pixels, label, weight, ok: (pixels, label, weight))
-    data = data.batch(batch_size)
+    data = data.batch(settings.batch_size)
     if augment:
-        data = data.map(
-            lambda pixels, label, weight: (augment_batch(pixels), label, weight),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        data = _augmented(data, settings.seed, deterministic)
     return data.prefetch(tf.data.AUTOTUNE)
+
+
+def _augmented(data, seed: int, deterministic: bool):
+    """``data`` with :func:`augment_batch` applied per batch, each batch drawing from its own stateless seed.
+
+    The seeds come from a seeded ``Dataset.random`` (a new sequence every epoch),
+    so the augmentation of a batch does not depend on which thread runs it.
+    """
+    tf, _ = import_tensorflow()
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip((data, seeds)).map(
+        lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), batch[1], batch[2]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
 
 
 def prediction_dataset(

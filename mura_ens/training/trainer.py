@@ -1,15 +1,17 @@
 """``train()``: from a data source and a plugin to run folders with a trained, exported model.
 
-One run folder per model (DESIGN.md "Model artifacts"):
-``history.tsv``, ``curves.png``, ``best.keras``, ``evaluation.json`` (test
-fold), ``card.json``, ``model.onnx`` (+ ``parity_batch.npz``, the real images
-the ONNX parity check ran on). A specialist family gives one run per body
-part present in the training fold.
+One run folder per model (DESIGN.md "Model artifacts"; file names from
+:mod:`mura_ens.run_folder`): ``history.tsv``, ``curves.png``, ``best.keras``,
+``evaluation.json`` (test fold), ``card.json``, ``model.onnx`` (+
+``parity_batch.npz``, the real images the ONNX parity check ran on). A
+specialist family gives one run per body part present in the training fold.
 
-Order of work, so that mistakes cost seconds, not epochs: options and
-plugin parameters are checked first, then the data are scanned and split,
-then each model is built (an offline ``--weights imagenet`` fails here) and
-only then trained.
+Order of work, so that mistakes cost seconds, not epochs: options are checked
+when the :class:`~mura_ens.training.options.TrainOptions` is made, plugin
+parameters first in :func:`train`, then the data are scanned and split, then
+each model is built (an offline ``--weights imagenet`` fails here) and only
+then trained. One model goes through four steps: build and fit, evaluate,
+export, card.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,36 +36,37 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__, console
-from ..constants import BODY_PARTS
 from ..errors import PluginError, RunFailed, UsageError
 from ..io import atomic_write_json
-from ..plugin import GENERALIST, SPECIALIST_FAMILY, WEIGHTS_CHOICES, check_plugin, parse_param_strings, resolve_params
-from .class_weights import class_weight_table, sample_weights
-from .data import TrainingData, fold_counts, limit_images, load_training_data, select_parts
-from .export import (
+from ..plugin import GENERALIST, SPECIALIST_FAMILY, WEIGHTS_CHOICES, check_plugin, resolve_params
+from ..run_folder import (
     BEST_FILE,
-    CARD_FILE,
+    CURVES_FILE,
+    EVALUATION_FILE,
+    HISTORY_FILE,
     MODEL_FILE,
-    export_model,
-    onnx_metadata,
-    save_parity_batch,
+    ModelMetadata,
+    write_card,
 )
+from .atomic_run import PartialRun, building_run, choose_run_name, fingerprint
+from .checks import check_cache_path, check_loaded, check_train_fold, dropped_text, fold_warnings, used_rows, warn
+from .class_weights import class_weight_table, sample_weights
+from .data import TrainingData, fold_counts, load_training_data, model_rows
+from .export import export_model, save_parity_batch
+from .options import RunConfig, TrainOptions
 from .strategy import (
     KERAS_MULTIWORKER_ISSUE,
-    check_strategy,
     check_workers_agree,
     make_strategy,
     prepare_model,
     read_tf_config,
 )
 
-THRESHOLD = 0.5
 PARITY_IMAGES = 8
 LR_FACTOR = 0.2
 MIN_LR = 1e-7
-EVALUATION_FILE = "evaluation.json"
-HISTORY_FILE = "history.tsv"
-CURVES_FILE = "curves.png"
+
+Echo = Callable[[str], None]
 
 
 @dataclass
@@ -77,32 +81,63 @@ class RunPlan:
     body_parts: tuple[str, ...]  # parts the model serves; () = all
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every model of one ``train()`` call shares."""
+
+    plans: list[RunPlan]
+    hyper: dict[str, Any]
+    config: RunConfig
+    data: TrainingData
+    setup: Any  # tf_runtime.DeviceSetup
+    distribution: Any  # strategy.StrategySetup
+    echo: Echo | None
+    scan_seconds: float
+    warm_start: Any = None  # warm_start.WarmStart (--init-from) or None
+
+
+@dataclass(frozen=True)
+class _Folds:
+    """The rows of one model, split by fold, and their counts for the card."""
+
+    rows: pd.DataFrame
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    counts: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """What ``fit`` left behind: the epoch log, the best checkpoint, the images that failed to load."""
+
+    log: Any  # callbacks.EpochLog
+    checkpoint: Any  # callbacks.BestCheckpoint
+    failures: Any  # pipeline.LoadFailures
+    class_weights: dict
+    seconds: float
+    notes: tuple[str, ...] = ()  # warnings of the first epoch (dropped images, a one-class val fold)
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    metrics: dict[str, dict]  # fold -> metrics.json structure
+    split: str  # the fold evaluation.json holds
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class _Exported:
+    metadata: dict[str, str]  # the ONNX metadata_props
+    report: dict[str, Any]  # card.json "export"
+
+
 def train(
     plugin: str | Any,
     data: str | os.PathLike | pd.DataFrame,
     out: str | os.PathLike,
-    *,
-    body_part: str | None = None,
-    epochs: int = 100,
-    patience: int = 10,
-    batch_size: int = 32,
-    image_size: int | None = None,
-    lr: float = 1e-3,
-    weights: str | os.PathLike | None = None,
-    class_weights: bool = True,
-    augment: bool = True,
-    max_images: int | None = None,
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    params: Mapping[str, Any] | Iterable[str] | None = None,
-    base: str | None = None,
-    name: str | None = None,
-    mixed_precision: bool | None = None,
-    xla: bool | None = None,
-    progress: bool = True,
-    resize_policy: str = "stretch",
-    strategy: str = "auto",
-    cache: str | os.PathLike | None = None,
+    options: TrainOptions | None = None,
+    **overrides: Any,
 ) -> list[Path]:
     """Train ``plugin`` on ``data``, evaluate on the test fold, export to ONNX; return the run folders.
 
@@ -117,54 +152,21 @@ def train(
     out : path
         Parent folder of the run folders (created). An existing run folder
         is never overwritten: ``-2``, ``-3``, ... is appended to the name.
-    body_part : str, optional
-        Train on (and tag the model with) one body part only.
-    epochs, patience : int
-        Maximum epochs; early stopping patience on ``val_loss`` (best weights
-        restored). The learning rate drops by 0.2 after ``max(1, patience // 2)``
-        epochs without improvement.
-    batch_size, image_size, lr : int, int, float
-        Batch size *per replica* (a step takes ``batch_size x replicas``
-        images); square input side (default: the plugin's); Adam's rate,
-        used as given whatever the number of replicas.
-    weights : str or path, optional
-        ``"imagenet"``, ``"none"`` or a local ``.h5`` / ``.weights.h5`` file
-        (default: the plugin's ``default_weights``).
-    class_weights : bool
-        Weight the loss with the MURA paper's per-body-part class weights
-        computed on the training fold.
-    augment : bool
-        Random flips and rotations (+-30 degrees) on training batches.
-    max_images : int, optional
-        At most this many images per fold (whole studies, seeded): for quick runs.
-    params : dict or list of "key=value"
-        Plugin hyper-parameters (validated against the plugin's defaults).
-    base : str, optional
-        Base plugin of a specialist family (default: the family's ``base``).
-    name : str, optional
-        Run name (default: the plugin name, plus the body part).
-    mixed_precision, xla : bool, optional
-        Default: on when a GPU is present; always off on CPU.
-    progress : bool
-        Print data, device and one line per epoch on stderr.
-    resize_policy : str
-        ``stretch`` (MURA paper) or ``pad``; recorded in the ONNX metadata so
-        scoring resizes the same way.
-    strategy : str
-        ``auto`` (several GPUs: ``mirrored``, else ``one``), ``one``,
-        ``mirrored`` or ``multiworker`` (``TF_CONFIG``); see
-        :mod:`mura_ens.training.strategy`. In a multi-worker cluster only the
-        chief writes run folders and returns them; other workers return ``[]``.
-    cache : path, optional
-        Folder of a decoded-image cache (:mod:`mura_ens.training.cache`):
-        the first epoch stores each resized image there (memory-mapped uint8),
-        later epochs and later runs on the same files read pixels instead of
-        decoding PNGs.
+    options : TrainOptions, optional
+        Epochs, batch size, image size, weights, plugin parameters, ... (see
+        :class:`~mura_ens.training.options.TrainOptions`); default ``TrainOptions()``.
+    **overrides
+        :class:`TrainOptions` fields as keywords, a shorthand:
+        ``train(p, d, o, epochs=3)`` is ``train(p, d, o, TrainOptions(epochs=3))``;
+        given with ``options``, they replace those fields of it. An unknown
+        keyword raises ``TypeError``.
 
     Returns
     -------
     list of Path
-        The run folders written.
+        The run folders written. In a multi-worker cluster
+        (``strategy="multiworker"``) only the chief writes run folders and
+        returns them; other workers return ``[]``.
 
     Raises
     ------
@@ -173,108 +175,104 @@ def train(
         ``--weights imagenet``; :class:`~mura_ens.training.export.ParityError`
         when the ONNX export disagrees with Keras.
     """
-    echo: Callable[[str], None] | None = console.echo if progress else None
+    if overrides:
+        options = replace(options, **overrides) if options is not None else TrainOptions(**overrides)
+    options = options if options is not None else TrainOptions()
     started = time.perf_counter()
-    plugin_obj = _plugin_object(plugin)
-    _check_options(
-        body_part=body_part,
-        epochs=epochs,
-        patience=patience,
-        batch_size=batch_size,
-        image_size=image_size,
-        lr=lr,
-        max_images=max_images,
-        val_fraction=val_fraction,
-        resize_policy=resize_policy,
-    )
-    strategy = check_strategy(strategy)
-    cluster_task = read_tf_config() if strategy == "multiworker" else None
-    if echo and cluster_task is not None:
-        echo = _prefixed(echo, f"[{cluster_task.label}] ")
-    builder, base_name, hyper = _resolve_builder(plugin_obj, base, params)
-    image_size = int(image_size or builder.default_input_size)
-    weights_value = resolve_weights(weights, default=getattr(builder, "default_weights", "none"))
-
-    scan_start = time.perf_counter()
-    training_data = load_training_data(data, val_fraction=val_fraction, seed=seed)
-    scan_seconds = time.perf_counter() - scan_start
-    plans = plan_runs(plugin_obj, builder, base_name, training_data, body_part=body_part, name=name)
-    for plan in plans:  # every model's folds are usable, or nothing is trained
-        _plan_rows(plan, training_data, max_images=max_images, seed=seed)
-
-    from .tf_runtime import device_setup
-
-    setup = device_setup(mixed_precision=mixed_precision, xla=xla)
-    distribution = make_strategy(strategy, gpus=setup.gpus, task=cluster_task)
-    if echo:
-        for note in (*training_data.notes, *setup.notes, *distribution.notes):
-            echo(f"note: {note}")
-        echo(
-            f"device: {setup.device}{' ' + ','.join(setup.gpus) if setup.gpus else ''}"
-            f", mixed precision {'on' if setup.mixed_precision else 'off'}, XLA {'on' if setup.xla else 'off'}"
-        )
-        echo(
-            f"strategy: {distribution.name}, {distribution.replicas} replica(s)"
-            + (f" on {distribution.workers} workers" if distribution.workers > 1 else "")
-            + f", global batch {distribution.global_batch_size(batch_size)} ({batch_size} per replica), lr {lr:g}"
-        )
-    options = {
-        "epochs": epochs,
-        "patience": patience,
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "lr": lr,
-        "weights": weights_value,
-        "class_weights": class_weights,
-        "augment": augment,
-        "max_images": max_images,
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "resize_policy": resize_policy,
-        "threshold": THRESHOLD,
-        "strategy": strategy,
-        "cache": str(cache) if cache else None,
-    }
+    job = _prepare(_plugin_object(plugin), data, options)
     runs = []
-    for plan in plans:
-        if distribution.is_chief:
-            runs.append(
-                _train_one(
-                    plan,
-                    training_data,
-                    Path(out).absolute(),
-                    hyper=hyper,
-                    options=options,
-                    setup=setup,
-                    echo=echo,
-                    scan_seconds=scan_seconds,
-                    distribution=distribution,
-                )
-            )
+    for plan in job.plans:
+        if job.distribution.is_chief:
+            runs.append(_train_one(plan, job, Path(out).absolute()))
             continue
         # A non-chief worker trains in step with the chief but keeps nothing: its callbacks write
         # (Keras checkpoints must run on every worker) into a scratch folder removed afterwards.
         with tempfile.TemporaryDirectory(prefix="mura-ens-worker-") as scratch:
-            _train_one(
-                plan,
-                training_data,
-                Path(scratch),
-                hyper=hyper,
-                options=options,
-                setup=setup,
-                echo=echo,
-                scan_seconds=scan_seconds,
-                distribution=distribution,
-            )
-    if echo:
-        if distribution.is_chief:
-            echo(f"done in {time.perf_counter() - started:.1f} s: {len(runs)} run folder(s)")
+            _train_one(plan, job, Path(scratch))
+    if job.echo:
+        if job.distribution.is_chief:
+            job.echo(f"done in {time.perf_counter() - started:.1f} s: {len(runs)} run folder(s)")
         else:
-            echo(f"done in {time.perf_counter() - started:.1f} s; the chief writes the run folder(s)")
+            job.echo(f"done in {time.perf_counter() - started:.1f} s; the chief writes the run folder(s)")
     return runs
 
 
-def _prefixed(echo: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+def _prepare(plugin: Any, data: str | os.PathLike | pd.DataFrame, options: TrainOptions) -> _Job:
+    """Resolve the plugin, its parameters and defaults, scan and split the data, plan the runs, set up devices."""
+    echo: Echo | None = console.echo if options.progress else None
+    cluster_task = read_tf_config() if options.strategy == "multiworker" else None
+    if echo and cluster_task is not None:
+        echo = _prefixed(echo, f"[{cluster_task.label}] ")
+    builder, base_name, hyper = _resolve_builder(plugin, options.base, options.params)
+    warm_start, hyper, config = _model_settings(options, builder, hyper)
+    check_cache_path(config.cache)  # before anything is created
+    scan_start = time.perf_counter()
+    training_data = load_training_data(data, val_fraction=options.val_fraction, seed=options.seed)
+    scan_seconds = time.perf_counter() - scan_start
+    plans = plan_runs(plugin, builder, base_name, training_data, body_part=options.body_part, name=options.name)
+    for plan in plans:  # every model's folds are usable, or nothing is trained
+        _plan_rows(plan, training_data, max_images=config.max_images, seed=config.seed)
+
+    from .tf_runtime import device_setup
+
+    setup = device_setup(mixed_precision=options.mixed_precision, xla=options.xla)
+    distribution = make_strategy(options.strategy, gpus=setup.gpus, task=cluster_task)
+    if echo:
+        _echo_setup(echo, training_data, setup, distribution, config)
+    return _Job(
+        plans=plans,
+        hyper=hyper,
+        config=config,
+        data=training_data,
+        setup=setup,
+        distribution=distribution,
+        echo=echo,
+        scan_seconds=scan_seconds,
+        warm_start=warm_start,
+    )
+
+
+def _model_settings(
+    options: TrainOptions, builder: Any, hyper: dict[str, Any]
+) -> tuple[Any, dict[str, Any], RunConfig]:
+    """(the warm start or None, the hyper-parameters, the RunConfig) of every model of the call.
+
+    With ``--init-from`` (:mod:`.warm_start`): the run is checked (finished, same plugin and input
+    size, no ``--weights``), its parameters are the defaults, its input size the size, and the learning
+    rate defaults to the fine-tuning rate.
+    """
+    if not options.init_from:
+        config = options.run_config(
+            image_size=options.image_size or builder.default_input_size,
+            weights=resolve_weights(options.weights, default=getattr(builder, "default_weights", "none")),
+        )
+        return None, hyper, config
+    from .warm_start import start_from
+
+    source = start_from(
+        options.init_from, builder_name=builder.name, image_size=options.image_size, weights=options.weights
+    )
+    hyper = resolve_params(builder, source.hyper_overrides(options.params))
+    config = options.run_config(image_size=source.input_size, weights=None, default_lr=source.fine_tune_lr(None))
+    return source, hyper, config
+
+
+def _echo_setup(echo: Echo, data: TrainingData, setup, distribution, config: RunConfig) -> None:
+    for note in (*data.notes, *setup.notes, *distribution.notes):
+        echo(f"note: {note}")
+    echo(
+        f"device: {setup.device}{' ' + ','.join(setup.gpus) if setup.gpus else ''}"
+        f", mixed precision {'on' if setup.mixed_precision else 'off'}, XLA {'on' if setup.xla else 'off'}"
+    )
+    echo(
+        f"strategy: {distribution.name}, {distribution.replicas} replica(s)"
+        + (f" on {distribution.workers} workers" if distribution.workers > 1 else "")
+        + f", global batch {distribution.global_batch_size(config.batch_size)} ({config.batch_size} per replica)"
+        + f", lr {config.lr:g}"
+    )
+
+
+def _prefixed(echo: Echo, prefix: str) -> Echo:
     return lambda message: echo(prefix + message)
 
 
@@ -290,35 +288,15 @@ def _plugin_object(plugin: str | Any) -> Any:
     return plugin
 
 
-def _check_options(**o) -> None:
-    if o["body_part"] is not None and o["body_part"] not in BODY_PARTS:
-        raise UsageError(f"unknown body part {o['body_part']!r}; expected one of {', '.join(BODY_PARTS)}")
-    for key in ("epochs", "batch_size"):
-        if int(o[key]) < 1:
-            raise UsageError(f"{key.replace('_', '-')} must be >= 1, got {o[key]}")
-    if int(o["patience"]) < 0:
-        raise UsageError(f"patience must be >= 0, got {o['patience']}")
-    if o["image_size"] is not None and int(o["image_size"]) < 16:
-        raise UsageError(f"image-size must be >= 16, got {o['image_size']}")
-    if not (float(o["lr"]) > 0 and math.isfinite(float(o["lr"]))):
-        raise UsageError(f"lr must be a positive number, got {o['lr']}")
-    if o["max_images"] is not None and int(o["max_images"]) < 1:
-        raise UsageError(f"max-images must be >= 1, got {o['max_images']}")
-    if not 0.0 < float(o["val_fraction"]) < 1.0:
-        raise UsageError(f"val-fraction must be between 0 and 1 (exclusive), got {o['val_fraction']}")
-    from ..data.images import check_policy
+def _resolve_builder(
+    plugin: Any, base: str | None, params: Mapping[str, Any]
+) -> tuple[Any, str | None, dict[str, Any]]:
+    """(plugin that builds the model, base name or None, validated hyper-parameters).
 
-    check_policy(o["resize_policy"])
-
-
-def _resolve_builder(plugin: Any, base: str | None, params) -> tuple[Any, str | None, dict[str, Any]]:
-    """(plugin that builds the model, base name or None, validated hyper-parameters)."""
-    if params is None:
-        overrides: dict[str, Any] = {}
-    elif isinstance(params, Mapping):
-        overrides = dict(params)
-    else:
-        overrides = parse_param_strings(params)
+    A specialist family builds nothing itself: its base plugin, looked up in the
+    registry here, builds each body part's model.
+    """
+    overrides = dict(params)
     if getattr(plugin, "kind", GENERALIST) != SPECIALIST_FAMILY:
         if base is not None:
             raise PluginError(f"--base applies to specialist families only; {plugin.name} is a {plugin.kind}")
@@ -399,13 +377,12 @@ def plan_runs(
 
 
 def new_run_dir(out: Path, name: str) -> Path:
-    """``out/name``, or ``out/name-2``, ``-3``, ... when that exists and is not empty; created."""
-    if not name or any(ch in name for ch in "/\\") or name in (".", ".."):
-        raise UsageError(f"bad run name {name!r}: it must be a plain folder name")
-    candidate, number = out / name, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        number += 1
-        candidate = out / f"{name}-{number}"
+    """``out/name``, or ``out/name-2``, ``-3``, ... when that is taken (:func:`.atomic_run.choose_run_name`); created.
+
+    Training itself builds a run in a hidden sibling and renames it to this name when finished
+    (:func:`.atomic_run.building_run`).
+    """
+    candidate = choose_run_name(out, name)
     candidate.mkdir(parents=True, exist_ok=True)
     return candidate
 
@@ -435,8 +412,13 @@ def build_model(plugin: Any, config: Mapping[str, Any], *, plugin_name: str | No
                 f"cannot download the ImageNet weights for {name} (no network?): "
                 "use --weights none (random init) or --weights PATH (a local .h5/.weights.h5 file)"
             ) from exc
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise PluginError(f"plugin {name} failed to build its model: {type(exc).__name__}: {detail}") from exc
+        weights = config.get("weights")
+        if weights not in (None, "none", "imagenet"):
+            raise PluginError(
+                f"plugin {name} failed to build its model with --weights {weights} (saved from another "
+                f"architecture or other --param values?): {type(exc).__name__}: {_one_line(exc)}"
+            ) from exc
+        raise PluginError(f"plugin {name} failed to build its model: {type(exc).__name__}: {_one_line(exc)}") from exc
     size = int(config["image_size"])
     in_shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else None
     out_shape = tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else None
@@ -446,6 +428,13 @@ def build_model(plugin: Any, config: Mapping[str, Any], *, plugin_name: str | No
             f"expected (None, {size}, {size}, 3) -> (None, 1)"
         )
     return model
+
+
+def _one_line(exc: BaseException, limit: int = 4000) -> str:
+    """The whole message of ``exc`` on one line: tensor values dumped by Keras left out, cut only past ``limit``."""
+    text = re.sub(r", value=\[.*?\]>", ">", str(exc), flags=re.S)  # `<Variable path=..., value=[[...]]>`
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + f" ... ({len(text) - limit} more characters)"
 
 
 def _is_download_failure(exc: BaseException) -> bool:
@@ -462,10 +451,11 @@ def _is_download_failure(exc: BaseException) -> bool:
 
 def _plan_rows(plan: RunPlan, data: TrainingData, *, max_images: int | None, seed: int) -> pd.DataFrame:
     """The manifest rows (with ``fold``) one model uses; raises when it has no train or no val rows."""
-    rows = limit_images(select_parts(data.frame, plan.body_parts), max_images, seed=seed)
+    rows = model_rows(data.frame, plan.body_parts, max_images, seed=seed)
     train_rows = rows.loc[rows["fold"] == "train"]
     if train_rows.empty:
         raise UsageError(f"{plan.name}: no training images after the split")
+    check_train_fold(plan.name, train_rows)  # a minimum of images, both classes
     if not (rows["fold"] == "val").any():
         raise UsageError(
             f"{plan.name}: no validation images after the patient-grouped split "
@@ -474,74 +464,191 @@ def _plan_rows(plan: RunPlan, data: TrainingData, *, max_images: int | None, see
     return rows
 
 
-def _train_one(
-    plan: RunPlan, data: TrainingData, out: Path, *, hyper, options, setup, echo, scan_seconds, distribution
-) -> Path | None:
-    from .callbacks import BestCheckpoint, EpochLog
-    from .export import float32_model, load_best_model
-    from .history import plot_curves
-    from .keras_metrics import training_metrics
-    from .pipeline import LoadFailures
+# --------------------------------------------------------------------------- one run
+
+
+def _train_one(plan: RunPlan, job: _Job, out: Path) -> Path | None:
+    """Build and fit, evaluate, export, write the card: one run folder under ``out`` (``None`` off the chief).
+
+    The run is built in a hidden sibling folder and renamed to its name only once ``model.onnx`` passed
+    its parity check and ``card.json`` is written (:mod:`.atomic_run`); a run that fails leaves nothing.
+    """
     from .tf_runtime import import_tensorflow
 
     _, keras = import_tensorflow()
-    timings: dict[str, float] = {"scan_and_split": round(scan_seconds, 3)}
-    rows = _plan_rows(plan, data, max_images=options["max_images"], seed=options["seed"])
-    train_rows = rows.loc[rows["fold"] == "train"]
-    val_rows = rows.loc[rows["fold"] == "val"]
-    test_rows = rows.loc[rows["fold"] == "test"]
-    counts = fold_counts(rows)
-    if echo:
-        echo(
+    timings: dict[str, float] = {"scan_and_split": round(job.scan_seconds, 3)}
+    folds = _fold_rows(plan, job)
+    notes: list[str] = []  # warnings, also kept in card.json
+    for text in fold_warnings(plan.name, folds.rows):
+        warn(notes, text)
+    tick = time.perf_counter()
+    model = _build_compiled(plan, job)
+    _check_memory(model, plan, job, notes)
+    timings["build"] = round(time.perf_counter() - tick, 3)
+    key = fingerprint(_run_fingerprint(plan, folds.rows, job.config, job.hyper))
+    with building_run(out, plan.name, config_fingerprint=key, echo=job.echo) as run:
+        if job.echo and job.distribution.is_chief:
+            job.echo(f"run folder: {run.final} (built in {run.work.name} until it is finished)")
+        fitted = _fit(model, run.work, folds, job, name=plan.name)
+        timings["fit"] = fitted.seconds
+        if not job.distribution.is_chief:  # the chief evaluates, exports and writes the card
+            keras.backend.clear_session()
+            return None
+        card = _finish(model, plan, run, folds, fitted, job, timings, notes)
+        write_card(run.work, card)  # last: a run is finished once its card is there
+        run.commit()
+    keras.backend.clear_session()
+    return run.final
+
+
+def _finish(
+    model, plan: RunPlan, run: PartialRun, folds: _Folds, fitted: _Fitted, job: _Job, timings: dict, notes: list
+) -> dict[str, Any]:
+    """Keep the best weights, evaluate and export them (in ``run.work``); return the content of card.json."""
+    from .export import float32_model, load_best_model
+    from .tf_runtime import import_tensorflow
+
+    _, keras = import_tensorflow()
+    notes = [*notes, *fitted.notes, *_keep_best(model, run.work, plan, fitted, job.config)]
+    # Evaluate and export exactly what best.keras holds, in float32 (what ONNX scoring computes).
+    keras.mixed_precision.set_global_policy("float32")
+    best = float32_model(load_best_model(run.work / BEST_FILE))
+    tick = time.perf_counter()
+    evaluated = _evaluate(best, plan, run.work, folds, fitted.failures, job)
+    timings["evaluate"] = round(time.perf_counter() - tick, 3)
+    exported = _export(best, plan, run.work, folds, job, name=run.name)
+    timings["export"] = exported.report["seconds"]
+    return {
+        **_card_header(plan, run.final, job, exported),
+        "data": _card_data(job.data, folds, fitted),
+        "training": _card_training(job, fitted),
+        **_card_warm_start(job),
+        "metrics": dict(evaluated.metrics),
+        "evaluated_on": evaluated.split,
+        "export": exported.report,
+        "versions": library_versions(plan.builder),
+        "timings": timings,
+        "notes": notes + evaluated.notes,
+    }
+
+
+def _check_memory(model, plan: RunPlan, job: _Job, notes: list[str]) -> None:
+    """Refuse, or warn about, a training step far above the available memory (:mod:`.resources`)."""
+    from .resources import check_training_memory, estimate_training_memory
+
+    config = job.config
+    estimate = estimate_training_memory(
+        model,
+        batch_size=config.batch_size,
+        image_size=config.image_size,
+        replicas=job.distribution.replicas,
+        mixed_precision=job.setup.mixed_precision,
+    )
+    text = check_training_memory(
+        plan.name, estimate, on_gpu=bool(job.setup.gpus), batch_size=config.batch_size, image_size=config.image_size
+    )
+    if text:
+        warn(notes, text)
+
+
+def _fold_rows(plan: RunPlan, job: _Job) -> _Folds:
+    """The model's rows by fold (echoed); every worker of a cluster must have the same."""
+    rows = _plan_rows(plan, job.data, max_images=job.config.max_images, seed=job.config.seed)
+    folds = _Folds(
+        rows=rows,
+        train=rows.loc[rows["fold"] == "train"],
+        val=rows.loc[rows["fold"] == "val"],
+        test=rows.loc[rows["fold"] == "test"],
+        counts=fold_counts(rows),
+    )
+    if job.echo:
+        job.echo(
             f"{plan.name}: "
             + "; ".join(
                 f"{fold} {c['images']} images / {c['studies']} studies ({c['abnormal_studies']} abnormal)"
-                for fold, c in counts.items()
+                for fold, c in folds.counts.items()
             )
         )
     check_workers_agree(
-        distribution, _run_fingerprint(plan, rows, options, hyper), what=f"the images, split or options of {plan.name}"
+        job.distribution,
+        _run_fingerprint(plan, rows, job.config, job.hyper),
+        what=f"the images, split or options of {plan.name}",
     )
+    return folds
 
+
+def _build_compiled(plan: RunPlan, job: _Job):
+    """The plugin's model, seeded, built and compiled under the run's strategy."""
+    from .keras_metrics import training_metrics
+    from .tf_runtime import import_tensorflow
+
+    _, keras = import_tensorflow()
     # Build first: an unusable plugin or offline ImageNet weights fail before any data are decoded.
     keras.backend.clear_session()
-    keras.mixed_precision.set_global_policy("mixed_float16" if setup.mixed_precision else "float32")
-    keras.utils.set_random_seed(options["seed"])
-    config = {"image_size": options["image_size"], "weights": options["weights"], **hyper}
-    tick = time.perf_counter()
-    with distribution.scope():  # variables of the model and the optimizer are mirrored over the replicas
-        model = build_model(plan.builder, config, plugin_name=plan.builder_name, log=sys.stderr if echo else None)
+    keras.mixed_precision.set_global_policy("mixed_float16" if job.setup.mixed_precision else "float32")
+    keras.utils.set_random_seed(job.config.seed)
+    config = {"image_size": job.config.image_size, "weights": job.config.weights, **job.hyper}
+    with job.distribution.scope():  # variables of the model and the optimizer are mirrored over the replicas
+        model = build_model(plan.builder, config, plugin_name=plan.builder_name, log=sys.stderr if job.echo else None)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=options["lr"]),
+            optimizer=keras.optimizers.Adam(learning_rate=job.config.lr),
             loss=keras.losses.BinaryCrossentropy(),
             metrics=training_metrics(),
-            jit_compile=setup.xla,
+            jit_compile=job.setup.xla,
         )
-    prepare_model(model, distribution)
-    run_dir = new_run_dir(out, plan.name)
-    if echo and distribution.is_chief:
-        echo(f"run folder: {run_dir}")
-    timings["build"] = round(time.perf_counter() - tick, 3)
+    if job.warm_start is not None:  # --init-from: fine-tune from that run's best weights
+        job.warm_start.load_into(model)
+        if job.echo:
+            job.echo(f"{plan.name}: starting from the weights of {job.warm_start.run_dir}, lr {job.config.lr:g}")
+    prepare_model(model, job.distribution)
+    return model
 
-    table = class_weight_table(train_rows) if options["class_weights"] else {}
-    if options["class_weights"]:
-        w_train, w_val = sample_weights(train_rows, table), sample_weights(val_rows, table)
+
+def _fit(model, run_dir: Path, folds: _Folds, job: _Job, *, name: str) -> _Fitted:
+    """Class weights, the streams, the callbacks (history.tsv, best.keras), then ``model.fit``.
+
+    After the first epoch, when every train/val image has been read once, unusable folds stop the
+    run and dropped images are warned about (:func:`.checks.check_loaded`).
+    """
+    from .callbacks import BestCheckpoint, EpochLog
+    from .pipeline import LoadFailures
+
+    config, echo = job.config, job.echo
+    table = class_weight_table(folds.train) if config.class_weights else {}
+    if config.class_weights:
+        w_train, w_val = sample_weights(folds.train, table), sample_weights(folds.val, table)
     else:
-        w_train, w_val = np.ones(len(train_rows), np.float32), np.ones(len(val_rows), np.float32)
+        w_train, w_val = np.ones(len(folds.train), np.float32), np.ones(len(folds.val), np.float32)
     failures = LoadFailures()
     train_ds, val_ds = fit_datasets(
-        train_rows, w_train, val_rows, w_val, options=options, distribution=distribution, failures=failures
+        folds.train, w_train, folds.val, w_val, config=config, distribution=job.distribution, failures=failures
     )
 
-    def report_failures() -> None:
-        if len(failures) and echo:
-            reasons = ", ".join(f"{n} {status}" for status, n in sorted(failures.by_status().items()))
-            echo(f"dropped {len(failures)} image(s) that could not be loaded ({reasons})")
+    notes: list[str] = []
 
-    patience = int(options["patience"])
+    def check_first_epoch() -> None:
+        for text in check_loaded(name, folds.train, folds.val, failures.as_dict()):
+            warn(notes, text)
+
     checkpoint = BestCheckpoint(run_dir / BEST_FILE)
-    log = EpochLog(run_dir / HISTORY_FILE, options["epochs"], echo=echo, on_first_epoch=report_failures)
-    callbacks = [
+    log = EpochLog(run_dir / HISTORY_FILE, config.epochs, echo=echo, on_first_epoch=check_first_epoch)
+    tick = time.perf_counter()
+    _run_fit(model, train_ds, val_ds, callbacks=_callbacks(config.patience, checkpoint, log), job=job)
+    return _Fitted(
+        log=log,
+        checkpoint=checkpoint,
+        failures=failures,
+        class_weights=table,
+        seconds=round(time.perf_counter() - tick, 3),
+        notes=tuple(notes),
+    )
+
+
+def _callbacks(patience: int, checkpoint, log) -> list:
+    from .tf_runtime import import_tensorflow
+
+    _, keras = import_tensorflow()
+    return [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=LR_FACTOR, patience=max(1, patience // 2), min_lr=MIN_LR, verbose=0
@@ -549,7 +656,12 @@ def _train_one(
         checkpoint,
         log,
     ]
-    tick = time.perf_counter()
+
+
+def _run_fit(model, train_ds, val_ds, *, callbacks: list, job: _Job) -> None:
+    from .tf_runtime import import_tensorflow
+
+    _, keras = import_tensorflow()
     with warnings.catch_warnings():
         # The pipeline filters unreadable images, so Keras cannot know the number of
         # steps in epoch 1 and warns when the data end; that end is expected.
@@ -558,13 +670,13 @@ def _train_one(
             model.fit(
                 train_ds,
                 validation_data=val_ds,
-                epochs=options["epochs"],
+                epochs=job.config.epochs,
                 verbose=0,
                 callbacks=callbacks,
                 shuffle=False,
             )  # the tf.data pipeline shuffles
         except (ValueError, TypeError) as exc:
-            if distribution.name != "multiworker":
+            if job.distribution.name != "multiworker":
                 raise
             detail = " ".join(str(exc).split())
             detail = detail if len(detail) <= 160 else detail[:157] + "..."
@@ -573,118 +685,158 @@ def _train_one(
                 f"({type(exc).__name__}: {detail}); Keras 3 with MultiWorkerMirroredStrategy is an upstream "
                 f"problem ({KERAS_MULTIWORKER_ISSUE}): train with --strategy mirrored on one machine instead"
             ) from exc
-    timings["fit"] = round(time.perf_counter() - tick, 3)
-    if not distribution.is_chief:  # the chief evaluates, exports and writes the card
-        keras.backend.clear_session()
-        return None
+
+
+def _keep_best(model, run_dir: Path, plan: RunPlan, fitted: _Fitted, config: RunConfig) -> list[str]:
+    """Make sure best.keras exists, draw curves.png; return the card notes this adds."""
+    from .history import plot_curves
+
     notes: list[str] = []
     if not (run_dir / BEST_FILE).exists():  # val_loss never finite: keep the last weights
         notes.append("val_loss was never finite; best.keras holds the last epoch")
         model.save(run_dir / BEST_FILE)
-    plot_curves(log.rows, run_dir / CURVES_FILE, title=plan.name, weighted_loss=bool(options["class_weights"]))
+    plot_curves(fitted.log.rows, run_dir / CURVES_FILE, title=plan.name, weighted_loss=bool(config.class_weights))
+    return notes
 
-    # Evaluate and export exactly what best.keras holds, in float32 (what ONNX scoring computes).
-    keras.mixed_precision.set_global_policy("float32")
-    best = float32_model(load_best_model(run_dir / BEST_FILE))
-    tick = time.perf_counter()
-    evaluations, eval_notes = {}, []
-    for fold, fold_rows in (("val", val_rows), ("test", test_rows)):
+
+def _evaluate(best, plan: RunPlan, run_dir: Path, folds: _Folds, failures, job: _Job) -> _Evaluated:
+    """Metrics of ``best`` on val and test; writes evaluation.json (test, else val) and echoes its study line.
+
+    Test images that fail to load are warned about; a test fold none of whose images loads is left out.
+    """
+    metrics, fold_notes = {}, []
+    for fold, fold_rows in (("val", folds.val), ("test", folds.test)):
         if fold_rows.empty:
             continue
-        evaluations[fold], fold_notes = evaluate_fold(best, fold_rows, options, failures)
-        eval_notes += [f"{fold}: {n}" for n in fold_notes]
-    evaluated_on = "test" if "test" in evaluations else "val"
-    if evaluated_on != "test":
-        notes.append("no test images (MURA valid split): evaluation.json holds the validation fold")
-    evaluation = {"model_name": plan.name, "split": evaluated_on, **evaluations[evaluated_on]}
-    atomic_write_json(run_dir / EVALUATION_FILE, evaluation)
-    timings["evaluate"] = round(time.perf_counter() - tick, 3)
-    if echo:
-        study = evaluation["study"]["overall"]
-        echo(
-            f"{evaluated_on} (study level, n={study['n']}): kappa {_fmt(study['kappa'])} "
-            f"auc {_fmt(study['auc'])} accuracy {_fmt(study['accuracy'])}"
-        )
+        result, warned = evaluate_fold(best, fold_rows, job.config, failures)
+        fold_notes += [f"{fold}: {n}" for n in warned]
+        dropped = dropped_text(plan.name, fold, fold_rows, failures.as_dict()) if fold == "test" else None
+        if dropped:  # train/val drops were warned about after the first epoch
+            warn(fold_notes, dropped)
+        if not used_rows(fold_rows, failures.as_dict()).empty:
+            metrics[fold] = result
+    split = "test" if "test" in metrics else "val"
+    missing = "no test images (MURA valid split)" if folds.test.empty else "no test image could be loaded"
+    notes = [] if split == "test" else [f"{missing}: evaluation.json holds the validation fold"]
+    atomic_write_json(run_dir / EVALUATION_FILE, {"model_name": plan.name, "split": split, **metrics[split]})
+    if job.echo:
+        from ..metrics import format_metric
 
-    parity_source = pd.concat([test_rows, val_rows])["path"].tolist()
+        study = metrics[split]["study"]["overall"]
+        shown = " ".join(f"{key} {format_metric(study[key])}" for key in ("kappa", "auc", "accuracy"))
+        job.echo(f"{split} (study level, n={study['n']}): {shown}")
+    return _Evaluated(metrics=metrics, split=split, notes=notes + fold_notes)
+
+
+def _export(best, plan: RunPlan, run_dir: Path, folds: _Folds, job: _Job, *, name: str) -> _Exported:
+    """model.onnx with its metadata (model name ``name``), checked against Keras on up to 8 real test/val
+    images (kept in the run)."""
     from .pipeline import load_batch
 
+    config = job.config
     parity_images, parity_paths = load_batch(
-        parity_source, image_size=options["image_size"], resize_policy=options["resize_policy"], limit=PARITY_IMAGES
+        pd.concat([folds.test, folds.val])["path"].tolist(),
+        image_size=config.image_size,
+        resize_policy=config.resize_policy,
+        limit=PARITY_IMAGES,
     )
     if not len(parity_images):
         raise UsageError(f"{plan.name}: no readable val/test image for the ONNX parity check")
     save_parity_batch(run_dir, parity_images, parity_paths)
-    metadata = onnx_metadata(
-        plugin=plan.plugin,
-        model_name=run_dir.name,
-        body_parts=list(plan.body_parts),
-        input_size=options["image_size"],
-        resize_policy=options["resize_policy"],
-        threshold=THRESHOLD,
-        base_plugin=plan.base,
-    )
-    export = export_model(best, run_dir / MODEL_FILE, metadata=metadata, parity_images=parity_images)
-    export["parity_paths"] = parity_paths
-    timings["export"] = export["seconds"]
-    if echo:
-        echo(f"exported {run_dir / MODEL_FILE} (ONNX vs Keras max |diff| {export['onnx_max_abs_diff']:.2g})")
+    metadata = _onnx_props(plan, name, config)
+    report = export_model(best, run_dir / MODEL_FILE, metadata=metadata, parity_images=parity_images)
+    report["parity_paths"] = parity_paths
+    report["path"] = str(run_dir.parent / name / MODEL_FILE)  # where it is once the run is finished
+    if job.echo:
+        job.echo(f"exported {name}/{MODEL_FILE} (ONNX vs Keras max |diff| {report['onnx_max_abs_diff']:.2g})")
+    return _Exported(metadata=metadata, report=report)
 
-    history = log.rows
-    best_epoch = checkpoint.best_epoch or (len(history) if history else 0)
-    card = {
+
+def _onnx_props(plan: RunPlan, model_name: str, config: RunConfig) -> dict[str, str]:
+    """The model's ONNX ``metadata_props``: the standard ones, then ``base_plugin`` for a family member."""
+    return ModelMetadata(
+        plugin=plan.plugin,
+        model_name=model_name,
+        body_parts=tuple(plan.body_parts),
+        input_size=config.image_size,
+        resize_policy=config.resize_policy,
+        threshold=config.threshold,
+        extra={"base_plugin": plan.base} if plan.base else {},
+    ).to_onnx_props()
+
+
+# --------------------------------------------------------------------------- card.json
+
+
+def _card_header(plan: RunPlan, run_dir: Path, job: _Job, exported: _Exported) -> dict[str, Any]:
+    """The model's identity, what it expects, and the full config of the run."""
+    return {
         "model_name": run_dir.name,
         "plugin": plan.plugin,
         "base_plugin": plan.base,
         "builder": plan.builder_name,
         "kind": SPECIALIST_FAMILY if plan.base else GENERALIST,
         "body_parts": list(plan.body_parts),
-        "input_size": options["image_size"],
-        "resize_policy": options["resize_policy"],
-        "threshold": THRESHOLD,
-        "onnx_max_abs_diff": export["onnx_max_abs_diff"],
-        "onnx_metadata": metadata,
+        "input_size": job.config.image_size,
+        "resize_policy": job.config.resize_policy,
+        "threshold": job.config.threshold,
+        "onnx_max_abs_diff": exported.report["onnx_max_abs_diff"],
+        "onnx_metadata": exported.metadata,
         "config": {
             "plugin": plan.plugin,
             "base": plan.base,
             "body_parts": list(plan.body_parts),
-            "params": hyper,
-            **options,
+            "params": job.hyper,
+            **job.config.as_dict(),
         },
-        "data": {
-            "source": data.source,
-            "manifest_sha256": data.manifest_sha256,
-            "manifest_images": data.n_manifest_rows,
-            "unlabelled_images_left_out": data.n_unlabelled,
-            "skipped_files": data.n_skipped,
-            "split_seed": data.split_seed,
-            "val_fraction": data.val_fraction,
-            "folds": counts,
-            "class_weights": table,
-            "images_not_loaded": failures.as_dict(),
-        },
-        "training": {
-            "epochs_run": len(history),
-            "best_epoch": best_epoch,
-            "best_val_loss": checkpoint.best if math.isfinite(checkpoint.best) else None,
-            "stopped_early": len(history) < options["epochs"],
-            "device": setup.device,
-            "gpus": list(setup.gpus),
-            "mixed_precision": setup.mixed_precision,
-            "xla": setup.xla,
-            **distribution.card(per_replica_batch_size=options["batch_size"], learning_rate=options["lr"]),
-            "history": history,
-        },
-        "metrics": {fold: value for fold, value in evaluations.items()},
-        "evaluated_on": evaluated_on,
-        "export": export,
-        "versions": library_versions(plan.builder),
-        "timings": timings,
-        "notes": notes + eval_notes,
     }
-    atomic_write_json(run_dir / CARD_FILE, card)
-    keras.backend.clear_session()
-    return run_dir
+
+
+def _card_data(data: TrainingData, folds: _Folds, fitted: _Fitted) -> dict[str, Any]:
+    """Where the data came from; ``folds`` counts the images actually used (those that loaded)."""
+    failed = fitted.failures.as_dict()
+    used = fold_counts(used_rows(folds.rows, failed))
+    return {
+        "source": data.source,
+        "manifest_sha256": data.manifest_sha256,
+        "manifest_images": data.n_manifest_rows,
+        "unlabelled_images_left_out": data.n_unlabelled,
+        "skipped_files": data.n_skipped,
+        "split_seed": data.split_seed,
+        "val_fraction": data.val_fraction,
+        "folds": used,
+        "images_dropped": {fold: folds.counts[fold]["images"] - used[fold]["images"] for fold in used},
+        "class_weights": fitted.class_weights,
+        "images_not_loaded": failed,
+    }
+
+
+def _card_training(job: _Job, fitted: _Fitted) -> dict[str, Any]:
+    history = fitted.log.rows
+    best = fitted.checkpoint.best
+    return {
+        "epochs_run": len(history),
+        "best_epoch": fitted.checkpoint.best_epoch or (len(history) if history else 0),
+        "best_val_loss": best if math.isfinite(best) else None,
+        "stopped_early": len(history) < job.config.epochs,
+        "device": job.setup.device,
+        "gpus": list(job.setup.gpus),
+        "mixed_precision": job.setup.mixed_precision,
+        "xla": job.setup.xla,
+        **job.distribution.card(per_replica_batch_size=job.config.batch_size, learning_rate=job.config.lr),
+        "history": history,
+    }
+
+
+def _card_warm_start(job: _Job) -> dict[str, Any]:
+    """``{"init_from": ...}`` (where the starting weights came from) for a warm-started run, else nothing."""
+    if job.warm_start is None:
+        return {}
+    lr_given = job.config.lr != job.warm_start.fine_tune_lr(None)
+    return {"init_from": job.warm_start.card_section(lr=job.config.lr, lr_given=lr_given)}
+
+
+# --------------------------------------------------------------------------- pieces used by other modules and tests
 
 
 def fit_datasets(
@@ -693,7 +845,7 @@ def fit_datasets(
     val_rows: pd.DataFrame,
     val_weights,
     *,
-    options: Mapping[str, Any],
+    config: RunConfig,
     distribution,
     failures,
 ) -> tuple[Any, Any]:
@@ -705,35 +857,33 @@ def fit_datasets(
     sharding), so the parallel decode must keep the stream's order: with a
     free order, workers would see some images twice and others not at all.
     """
-    from .pipeline import training_dataset
+    from .pipeline import StreamSettings, training_dataset
 
     cache = None
-    if options.get("cache"):
+    if config.cache:
         from .cache import ImageCache
 
         paths = list(dict.fromkeys([*train_rows["path"].astype(str), *val_rows["path"].astype(str)]))
-        cache = ImageCache.open(
-            options["cache"], paths, image_size=options["image_size"], resize_policy=options["resize_policy"]
-        )
-    common = dict(
-        image_size=options["image_size"],
-        resize_policy=options["resize_policy"],
-        batch_size=distribution.global_batch_size(options["batch_size"]),
-        failures=failures,
-        deterministic=True if distribution.workers > 1 else None,
+        cache = ImageCache.open(config.cache, paths, image_size=config.image_size, resize_policy=config.resize_policy)
+    stream = StreamSettings(
+        image_size=config.image_size,
+        resize_policy=config.resize_policy,
+        batch_size=distribution.global_batch_size(config.batch_size),
+        seed=config.seed,
+        deterministic=True,  # seeded runs are reproducible; multi-worker sharding needs it too
         cache=cache,
     )
     train_ds = training_dataset(
-        train_rows, train_weights, shuffle=True, augment=options["augment"], seed=options["seed"], **common
+        train_rows, train_weights, stream, failures=failures, shuffle=True, augment=config.augment
     )
-    val_ds = training_dataset(val_rows, val_weights, shuffle=False, augment=False, seed=options["seed"], **common)
+    val_ds = training_dataset(val_rows, val_weights, stream, failures=failures, shuffle=False, augment=False)
     dataset_options = distribution.dataset_options()
     if dataset_options is not None:
         train_ds, val_ds = train_ds.with_options(dataset_options), val_ds.with_options(dataset_options)
     return train_ds, val_ds
 
 
-def _run_fingerprint(plan: RunPlan, rows: pd.DataFrame, options: Mapping[str, Any], hyper: Mapping[str, Any]) -> str:
+def _run_fingerprint(plan: RunPlan, rows: pd.DataFrame, config: RunConfig, hyper: Mapping[str, Any]) -> str:
     """What every worker of a cluster must agree on: the rows in order (by study key and file name,
     not by mount point), their labels and folds, the options and the hyper-parameters."""
     names = rows["path"].map(lambda path: os.path.basename(str(path)))
@@ -749,7 +899,7 @@ def _run_fingerprint(plan: RunPlan, rows: pd.DataFrame, options: Mapping[str, An
         {
             "plan": plan.name,
             "builder": plan.builder_name,
-            "options": dict(options),
+            "options": config.as_dict(),
             "hyper": dict(hyper),
             "rows": table.to_csv(index=False),
         },
@@ -758,17 +908,17 @@ def _run_fingerprint(plan: RunPlan, rows: pd.DataFrame, options: Mapping[str, An
     )
 
 
-def evaluate_fold(model, rows: pd.DataFrame, options: Mapping[str, Any], failures) -> tuple[dict, list[str]]:
+def evaluate_fold(model, rows: pd.DataFrame, config: RunConfig, failures) -> tuple[dict, list[str]]:
     """metrics.json structure (image and study level) of ``model`` on ``rows``, and metric warnings."""
-    from ..metrics import evaluate_predictions
+    from ..metrics import BootstrapSettings, evaluate_predictions
     from .pipeline import predict_paths
 
     prob, ok = predict_paths(
         model,
         rows["path"].tolist(),
-        image_size=options["image_size"],
-        resize_policy=options["resize_policy"],
-        batch_size=options["batch_size"],
+        image_size=config.image_size,
+        resize_policy=config.resize_policy,
+        batch_size=config.batch_size,
         failures=failures,
     )
     failed = failures.as_dict()
@@ -779,7 +929,7 @@ def evaluate_fold(model, rows: pd.DataFrame, options: Mapping[str, Any], failure
     ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        metrics = evaluate_predictions(frame, threshold=THRESHOLD, seed=int(options["seed"]))
+        metrics = evaluate_predictions(frame, threshold=config.threshold, bootstrap=BootstrapSettings(seed=config.seed))
     return metrics, sorted({str(w.message) for w in caught})
 
 
@@ -813,7 +963,3 @@ def library_versions(plugin: Any = None) -> dict[str, str]:
         if entry is not None and entry.distribution:
             versions[f"plugin:{entry.name}"] = f"{entry.distribution} {entry.version}".strip()
     return versions
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"

@@ -42,10 +42,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
+from .inference import cpu_session, run_model
 
 #: Per-channel affines on fewer channels (an RGB image's normalisation) stay elementwise ops.
 MIN_AFFINE_CHANNELS = 8
@@ -215,10 +217,10 @@ def _rewrite_affines(graph: _Graph) -> int:
             continue
         data = next((i for i in node.input if not graph.is_constant(i)), None)
         shape = graph.shapes.get(data) if data else None
-        channels = shape[1] if shape is not None and len(shape) == 4 else None
+        channels = int(shape[1]) if shape is not None and len(shape) == 4 and shape[1] is not None else None
         operands = _affine_operands(graph, node, channels) if channels and channels >= MIN_AFFINE_CHANNELS else None
         producer = graph.producer.get(operands[0]) if operands else None
-        if operands is None or (producer is not None and producer.op_type == "Conv"):
+        if operands is None or channels is None or (producer is not None and producer.op_type == "Conv"):
             new_nodes.append(node)
             continue
         x, scale = operands
@@ -260,7 +262,10 @@ def _pad_amounts(graph: _Graph, pad) -> list[int] | None:
             return None
     if len(pad.input) >= 4 and pad.input[3]:
         return None  # explicit axes: rare, not worth the bookkeeping
-    pads = [int(v) for v in graph.constant(pad.input[1]).reshape(-1)]
+    constant = graph.constant(pad.input[1])
+    if constant is None:
+        return None
+    pads = [int(v) for v in constant.reshape(-1)]
     if len(pads) != 8 or any(p < 0 for p in pads) or pads[0] or pads[1] or pads[4] or pads[5]:
         return None
     return [pads[2], pads[3], pads[6], pads[7]]
@@ -423,7 +428,7 @@ def _hoist_transposes(graph: _Graph) -> int:
     return hoisted
 
 
-def rewrite_for_inference(model, *, inplace: bool = False, check: bool = True) -> tuple[object, RewriteSummary]:
+def rewrite_for_inference(model, *, inplace: bool = False, check: bool = True) -> tuple[Any, RewriteSummary]:
     """The rewritten model (an ``onnx.ModelProto``) and what changed.
 
     See the module docstring for the two rewrites. ``model`` is copied first
@@ -458,32 +463,24 @@ def _drop_unused_initializers(model) -> None:
         model.graph.initializer.extend(keep)
 
 
-def model_outputs(model, images: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
-    """First output of ``model`` (ModelProto, bytes or path) on ``images``, float64, one row per image."""
-    import onnxruntime as ort
-
+def _session(model):
+    """A quiet CPU session for a ModelProto, serialized bytes or a path."""
     if isinstance(model, (str, os.PathLike)):
-        source = str(model)
-    elif isinstance(model, bytes):
-        source = model
-    else:
-        source = model.SerializeToString()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)
-        outputs.append(np.asarray(session.run(None, {name: batch})[0], dtype=np.float64).reshape(len(batch), -1))
-    return np.concatenate(outputs) if outputs else np.zeros((0, 1))
+        return cpu_session(str(model))
+    return cpu_session(model if isinstance(model, bytes) else model.SerializeToString())
 
 
-def check_rewrite_parity(original, rewritten, images: np.ndarray) -> float:
-    """Largest absolute difference between the outputs of two models on ``images``."""
-    before = model_outputs(original, images)
-    after = model_outputs(rewritten, images)
-    return float(np.max(np.abs(before - after))) if len(before) else 0.0
+def check_rewrite_parity(original, rewritten, images: np.ndarray, *, batch_size: int = 16) -> float:
+    """Largest absolute difference between the probabilities of two models on ``images``.
+
+    Each model is a ModelProto, serialized bytes or a path; both run on the CPU with
+    :func:`~mura_ens.onnx.inference.run_model` in batches of ``batch_size``.
+    """
+    if not len(images):
+        return 0.0
+    before = run_model(_session(original), images, batch_size, name="model before the rewrite")
+    after = run_model(_session(rewritten), images, batch_size, name="rewritten model")
+    return float(np.max(np.abs(before - after)))
 
 
 def rewrite_model_file(
@@ -500,7 +497,7 @@ def rewrite_model_file(
     """
     import onnx
 
-    from .io import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     original = onnx.load(str(source))
     rewritten, summary = rewrite_for_inference(original)
