@@ -13,6 +13,16 @@ figure shows what grows with the number of images, not the model's weights.
 Figures: ``peak_rss_mb_<n>`` (median of ``--repeats`` runs, small and large
 alternated), ``images_per_s_<n>``, and the ratio ``rss_8000_vs_1000``
 (goal <= 1.15).
+
+Then huge images (issue 10): a tree of 4 studies, each one 512-px PNG plus one
+**16-bit 8000 x 8000 PNG** (a ramp: under 1 MB on disk, 128 MB once decoded,
+under the 64-Mpx pixel cap), scored with 4 decode threads and batches of one
+study, against the same tree without the huge images: ``peak_rss_mb_huge16x4``,
+``peak_rss_mb_plain4`` and ``rss_huge16x4_vs_plain`` (goal <= 3: each huge
+image costs its decoded bytes once, and the decode threads share one byte
+budget, :data:`mura_ens.data.images.DECODE_BUDGET`), and the same with one huge
+image and one thread: ``peak_rss_mb_huge16x1``. ``--huge-only`` skips the
+1,000/8,000 part; ``--huge-size`` changes the side (``--quick``: 2000).
 """
 
 from __future__ import annotations
@@ -50,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default=None, help="ONNX model to score with (default: a small CNN at 256 px)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--huge-only", action="store_true", help="only the huge 16-bit image figures")
+    parser.add_argument("--huge-size", type=int, default=None, help="side of the 16-bit images (default 8000)")
     args = parser.parse_args(argv)
     small = args.small or (40 if args.quick else 1000)
     large = args.large or (320 if args.quick else 8000)
@@ -75,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             "--no-progress",
         ]
 
+    if args.huge_only:
+        return huge_images(args, work, model, cli)
     note(f"command: {' '.join(command(large))}")
     runs: dict[int, list[tuple[float, int]]] = {small: [], large: []}
 
@@ -96,6 +110,77 @@ def main(argv: list[str] | None = None) -> int:
     name = "rss_8000_vs_1000" if (small, large) == (1000, 8000) else f"rss_{large}_vs_{small}"
     ratio(name, value, goal=f"<= {GOAL}")
     note("goal held" if value is not None and value <= GOAL else "goal did not hold")
+    return huge_images(args, work, model, cli)
+
+
+HUGE_GOAL = 3.0
+
+
+def png_16bit(path: Path, side: int) -> Path:
+    """A 16-bit grayscale ``side`` x ``side`` PNG of a horizontal ramp, written with zlib (fast, tiny on disk)."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    if path.exists():
+        return path
+    row = b"\x00" + (np.arange(side) * 7 % 65536).astype(">u2").tobytes()
+    packer = zlib.compressobj(6)
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def _huge_trees(work: Path, side: int) -> dict[str, Path]:
+    """``plain4``: 4 studies of one 512-px PNG; ``huge16x4``: the same plus a 16-bit PNG each; ``huge16x1``: one study."""
+    import shutil
+
+    plain = make_png_folder(work / "plain4", 4, distinct=4)
+    studies = sorted(p.parent for p in plain.rglob("image1.png"))
+    trees = {"plain4": plain}
+    for name, n in (("huge16x4", 4), ("huge16x1", 1)):
+        root = work / f"{name}_{side}" / "valid"
+        for study in studies[:n]:
+            target = root / study.relative_to(plain)
+            if not target.exists():
+                shutil.copytree(study, target)
+            png_16bit(target / "image9.png", side)
+        trees[name] = root
+    return trees
+
+
+def huge_images(args, work: Path, model: Path, cli: list[str]) -> int:
+    """Peak RSS with 16-bit ``side`` x ``side`` images (4 decode threads) against the same tree without them."""
+    side = args.huge_size or (2000 if args.quick else 8000)
+    trees = _huge_trees(work, side)
+    repeats = args.repeats or (1 if args.quick else 3)
+
+    def measure(name: str, workers: int):
+        def run() -> float:
+            out = work / f"out_{name}"
+            command = [*cli, "score", str(trees[name]), "--model", str(model), "--out", str(out), "--no-progress"]
+            _, rss, _ = run_measured([*command, "--batch-size", "1", "--workers", str(workers)])
+            return rss / 2**20
+
+        return run
+
+    note(f"16-bit images of {side} x {side} px ({side * side * 2 / 2**20:.0f} MiB decoded each), batches of one study")
+    values = alternate({"plain4": measure("plain4", 4), "huge16x4": measure("huge16x4", 4)}, repeats)
+    values |= alternate({"huge16x1": measure("huge16x1", 1)}, repeats)
+    peak = {name: median(v) for name, v in values.items()}
+    result("peak_rss_mb_plain4", peak["plain4"], "MiB, 4 studies of one 512-px PNG, 4 decode threads")
+    result("peak_rss_mb_huge16x4", peak["huge16x4"], f"MiB, the same + one 16-bit {side}-px PNG per study")
+    result("peak_rss_mb_huge16x1", peak["huge16x1"], f"MiB, one study with one 16-bit {side}-px PNG, 1 thread")
+    value = safe_ratio(peak["huge16x4"], peak["plain4"])
+    ratio("rss_huge16x4_vs_plain", value, goal=f"<= {HUGE_GOAL}")
+    note("goal held" if value is not None and value <= HUGE_GOAL else "goal did not hold")
     return 0
 
 

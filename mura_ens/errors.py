@@ -32,11 +32,21 @@ class ModelError(UsageError):
     """An ONNX model that cannot be used (wrong input shape, missing metadata)."""
 
 
-class MissingExtraError(UsageError):
-    """An optional dependency group is not installed."""
+class MissingExtraError(UsageError, ImportError):
+    """An optional dependency group is not installed.
+
+    Both a :class:`UsageError` (the CLI prints its one line, exit code 2) and an
+    :class:`ImportError` (what Python callers expect when a dependency is
+    missing); the message is the one-line ``pip install`` command.
+    """
 
     def __init__(self, what: str, extra: str):
+        self.what = what
+        self.extra = extra
         super().__init__(f"{what} needs the [{extra}] extra: pip install 'mura-ens[{extra}]'")
+
+    def __reduce__(self):
+        return type(self), (self.what, self.extra)
 
 
 class RunFailed(Exception):

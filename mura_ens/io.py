@@ -2,16 +2,41 @@
 
 A reader (or a resumed run) therefore sees either the old file or the new
 one, never half of one.
+
+**Paths that are not valid UTF-8.** Python holds the undecodable bytes of a
+file name as lone surrogates U+DC80..U+DCFF (PEP 383, ``os.fsdecode``). Text
+files (CSV, HTML) are written as UTF-8 with ``errors="surrogateescape"``, so
+such a name is written as its original bytes; JSON files escape it as
+``\\udcXX`` (``ensure_ascii``). Read either back with Python's
+``surrogateescape`` (:data:`TEXT_ERRORS`: ``open(..., encoding="utf-8",
+errors="surrogateescape")``, ``pandas.read_csv(..., encoding_errors="surrogateescape")``,
+``json.load``) and ``os.fsencode(path)`` gives the file's bytes back. A file
+whose names are all valid UTF-8 is plain UTF-8, byte for byte as before.
+
+An output that cannot be created (a folder under ``/proc``, below a regular
+file, a file name that is an existing folder, no permission, a full disk) is an
+:class:`OutputError`: a one-line :class:`~mura_ens.errors.UsageError` that is
+also an ``OSError``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from .errors import UsageError
+
+#: How text outputs encode the undecodable bytes of a file name (and how readers should decode them).
+TEXT_ERRORS = "surrogateescape"
+
+
+class OutputError(UsageError, OSError):
+    """An output file or folder that cannot be created or written (one line, exit 2 in the CLI)."""
 
 
 def _read_umask() -> int:
@@ -24,12 +49,70 @@ def _read_umask() -> int:
 _FILE_MODE = 0o666 & ~_read_umask()
 
 
+def _reason(exc: OSError, path: Path) -> str:
+    """Why ``path`` cannot be created, in words (a file in the way is named)."""
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        for parent in (path, *path.parents):
+            if parent.exists() or parent.is_symlink():
+                if not parent.is_dir():
+                    return f"{parent} is a file, not a folder"
+                break
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _create_dir(path: Path) -> None:
+    """Create ``path`` (parents too) and check a file can be made in it; ``OSError`` when not."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".mura-ens-probe.", dir=path)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def make_output_dir(path: str | os.PathLike, *, what: str = "output folder") -> Path:
+    """Create the folder ``path`` (and its parents) and check that files can be written in it.
+
+    Raises :class:`OutputError` naming ``what`` and the reason when it cannot be.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file, not a folder")
+    try:
+        _create_dir(path)
+    except OSError as exc:
+        raise OutputError(f"cannot create {what} {path}: {_reason(exc, path)}") from None
+    return path
+
+
+def check_output_file(path: str | os.PathLike, *, what: str = "output file") -> Path:
+    """Check, before any work, that the file ``path`` can be written (its folder is created).
+
+    Raises :class:`OutputError` when ``path`` is a folder or its folder cannot be created or written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    try:
+        _create_dir(path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {path}: {_reason(exc, path.parent)}") from None
+    return path
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
     try:
-        fh: IO[Any] = os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8", newline="")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {_reason(exc, path.parent)}") from None
+    try:
+        fh: IO[Any] = (
+            os.fdopen(fd, mode)
+            if "b" in mode
+            else os.fdopen(fd, mode, encoding="utf-8", errors=TEXT_ERRORS, newline="")
+        )
         with fh:
             write(fh)
             fh.flush()
@@ -37,17 +120,19 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str) ->
         # mkstemp creates 0600 files; give the result the permissions open() would.
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
     return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write ``text`` (UTF-8; undecodable file-name bytes as themselves) to ``path`` atomically."""
     return _atomic(path, lambda fh: fh.write(text), "w")
 
 
@@ -57,14 +142,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (NaN written as null) atomically."""
+    """Write ``obj`` as indented JSON (NaN written as null; ASCII, ``\\udcXX`` for undecodable bytes) atomically."""
     text = json.dumps(_nan_to_none(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
 
 
 def atomic_write_csv(path: str | os.PathLike, frame) -> Path:
-    """Write a pandas DataFrame as CSV (no index) atomically."""
+    """Write a pandas DataFrame as CSV (no index) atomically; read it back with :func:`read_csv_text`."""
     return _atomic(path, lambda fh: frame.to_csv(fh, index=False, lineterminator="\n"), "w")
+
+
+def read_csv_text(path: str | os.PathLike, **kwargs):
+    """``pandas.read_csv`` of an output CSV: UTF-8 (BOM accepted), undecodable file-name bytes kept (surrogateescape)."""
+    import pandas as pd
+
+    kwargs.setdefault("encoding", "utf-8-sig")
+    return pd.read_csv(path, encoding_errors=TEXT_ERRORS, **kwargs)
 
 
 def _nan_to_none(obj: Any) -> Any:

@@ -446,12 +446,13 @@ def grouped_metrics(
     else:
         parts = np.full(len(frame), "", dtype=object)
     thresholds = threshold.for_parts(parts) if isinstance(threshold, PartThresholds) else None
+    scalar = threshold.default if isinstance(threshold, PartThresholds) else float(threshold)
     parts[parts == ""] = UNKNOWN_GROUP
     prefix = f"{name} " if name else ""
 
     def one(mask: np.ndarray, group: str) -> dict[str, Any]:
         keep = mask & valid
-        cut = threshold if thresholds is None else thresholds[keep]
+        cut = scalar if thresholds is None else thresholds[keep]
         result = binary_metrics(labels[keep], probs[keep], threshold=cut, bootstrap=bootstrap, group=prefix + group)
         result["n_excluded"] = int(np.sum(mask & ~valid))
         return result
@@ -610,7 +611,7 @@ def evaluate_predictions(
     if missing:
         raise UsageError(f"predictions are missing column(s): {', '.join(missing)}")
     per_part = threshold if isinstance(threshold, PartThresholds) else None
-    scalar = per_part.default if per_part is not None else threshold
+    scalar = threshold.default if isinstance(threshold, PartThresholds) else float(threshold)
     if not 0.0 <= scalar <= 1.0:
         raise UsageError(f"threshold must be in [0, 1], got {scalar}")
     frame = frame.copy()
@@ -668,7 +669,8 @@ def fold_undefined_warnings(limit: int = 6) -> Iterator[None]:
 
 
 def _checked_labels(labels: pd.Series) -> pd.Series:
-    numeric = pd.to_numeric(labels.astype("string").str.strip().replace("", pd.NA), errors="coerce")
+    text = labels.astype("string").str.strip().mask(lambda s: s == "")
+    numeric = pd.to_numeric(text, errors="coerce")
     bad = numeric.isna() & labels.notna() & (labels.astype("string").str.strip() != "")
     bad |= numeric.notna() & ~numeric.isin([0, 1])
     if bad.any():
@@ -678,7 +680,7 @@ def _checked_labels(labels: pd.Series) -> pd.Series:
 
 
 def _checked_probabilities(probs: pd.Series, column: str) -> pd.Series:
-    text = probs.astype("string").str.strip().replace("", pd.NA)
+    text = probs.astype("string").str.strip().mask(lambda s: s == "")
     numeric = pd.to_numeric(text, errors="coerce").astype("Float64")
     not_numbers = numeric.isna() & text.notna()
     if not_numbers.any():
@@ -721,7 +723,7 @@ def _fmt_ci(value: float | None, interval, sep: str) -> str:
     return f"{text} [{lo:.3f}{sep}{hi:.3f}]"
 
 
-def metrics_rows(level: dict[str, Any], *, ci_sep: str = ", ") -> list[dict[str, str]]:
+def metrics_rows(level: Mapping[str, Any], *, ci_sep: str = ", ") -> list[dict[str, str]]:
     """Display strings of a level (``{"overall", "by_body_part"}``): one row per body part, then overall.
 
     Each row maps the keys of :data:`TABLE_COLUMNS` (and ``n_excluded``) to

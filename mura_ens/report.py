@@ -39,7 +39,7 @@ import math
 import platform
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,10 @@ import pandas as pd
 from .io import atomic_write_text
 from .metrics import TABLE_COLUMNS, UNKNOWN_GROUP, confusion_counts, format_metric, metrics_rows
 
-__all__ = ["write_report", "render_report", "reliability_points", "ENSEMBLE_NAME"]
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
+    from matplotlib.figure import Figure
+
+__all__ = ["write_report", "render_report", "reliability_points", "roc_figure", "ENSEMBLE_NAME"]
 
 #: Name of the ensemble in tables and legends.
 ENSEMBLE_NAME = "ensemble"
@@ -166,7 +169,9 @@ def write_report(
         ``card`` (card.json content or None).
     provenance : dict, optional
         Free-form run facts (``command``, ``input``, ``ensemble``, ``date``,
-        ``versions``, ...), shown as given.
+        ``versions``, ...), shown as given; ``unknown_body_parts`` (``{folder name:
+        studies}``, :func:`mura_ens.data.layout.unknown_parts`) is shown as a note
+        under the predictions table instead.
     failed : DataFrame, optional
         Inputs that could not be scored: ``path, study, status, error``.
     """
@@ -195,6 +200,7 @@ def render_report(
     """The report's HTML text; see :func:`write_report`."""
     provenance = dict(provenance or {})
     fitted = provenance.pop("fitted_ensemble", None)
+    unknown = provenance.pop("unknown_body_parts", None)
     metrics = dict(metrics or {})
     images = images if images is not None else pd.DataFrame(columns=["path", "study", "body_part", "status"])
     failed = failed if failed is not None else pd.DataFrame(columns=["path", "study", "status", "error"])
@@ -204,7 +210,8 @@ def render_report(
 
     sections = [
         _header(title, studies, images, failed, threshold, provenance, model_names),
-        _predictions_summary(studies, images, threshold, labelled is not None),
+        _predictions_summary(studies, images, threshold, labelled is not None)
+        + _unknown_parts_note(unknown, has_generalist=any(not m.get("body_parts") for m in models)),
     ]
     has_metrics = bool(metrics.get("study") or metrics.get("models"))
     if has_metrics:
@@ -307,6 +314,20 @@ def _predictions_summary(studies, images, threshold, has_labels) -> str:
     return '<h2 id="predictions">Predictions</h2>' + _table(head, rows, numeric_from=1, overall_last=True)
 
 
+def _unknown_parts_note(unknown: Mapping[str, int] | None, *, has_generalist: bool) -> str:
+    """Studies without one of the seven body parts, by the ``XR_*`` folder they are in ("" when none)."""
+    if not unknown:
+        return ""
+    total = sum(int(n) for n in unknown.values())
+    shown = ", ".join(f"{name or 'no body-part folder'}: {int(n):,}" for name, n in unknown.items())
+    return (
+        f'<p class="note">{total:,} {"study" if total == 1 else "studies"} of an unknown body part '
+        f"(counted in the {_e(UNKNOWN_GROUP)} rows): {_e(shown)}. "
+        + ("Only generalist models score them." if has_generalist else "No generalist model was loaded: not scored.")
+        + "</p>"
+    )
+
+
 def _metrics_section(metrics, model_names) -> str:
     per_model = metrics.get("models") or {}
     names = [n for n in model_names if n in per_model] + sorted(set(per_model) - set(model_names))
@@ -365,6 +386,17 @@ def _roc_section(labelled: pd.DataFrame, model_names: list[str], metrics: Mappin
 
 def _roc_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> str:
     """The small-multiples ROC figure as base64 PNG; curves from the rows, AUCs read from ``metrics``."""
+    buffer = io.BytesIO()
+    roc_figure(labelled, model_names, metrics).savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def roc_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> Figure:
+    """The study-level ROC curves, one panel per body part and overall, as a matplotlib Figure (no pyplot).
+
+    ``labelled``: the labelled rows of ``studies.csv``; ``model_names``: the
+    models whose ``prob__<name>`` columns get a line; AUCs are read from ``metrics``.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -404,9 +436,7 @@ def _roc_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping
             ax.text(0.5, 0.5, f"AUC n/a\n(one class, n={n})", ha="center", va="center", fontsize=8, color="0.3")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return fig
 
 
 def _roc_axes(ax, panel: str) -> None:

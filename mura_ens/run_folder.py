@@ -207,9 +207,27 @@ def card_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CARD_FILE
 
 
+#: ``.<final name>.partial-<pid>``: the infix that marks a run folder still being built by ``mura-ens train``.
+PARTIAL_INFIX = ".partial-"
+
+
+def parse_partial_name(name: str) -> tuple[str, int] | None:
+    """``(final name, pid)`` of a partial run folder's name (``.<name>.partial-<pid>``), or None for any other name."""
+    if not name.startswith(".") or PARTIAL_INFIX not in name:
+        return None
+    final, _, pid = name[1:].rpartition(PARTIAL_INFIX)
+    return (final, int(pid)) if final and pid.isdigit() else None
+
+
+def is_partial_run_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like a run folder under construction (``.<name>.partial-<pid>``)."""
+    return parse_partial_name(Path(path).name) is not None
+
+
 def is_finished_run(run_dir: str | os.PathLike) -> bool:
-    """Whether ``run_dir`` is a finished run: its ``card.json`` is present (written last, atomically)."""
-    return card_path(run_dir).is_file()
+    """Whether ``run_dir`` is a finished run: ``card.json`` is present (written last, atomically) and the
+    folder is not a partial one still waiting for its rename into place (a kill between the two)."""
+    return card_path(run_dir).is_file() and not is_partial_run_dir(run_dir)
 
 
 def is_run_folder(folder: str | os.PathLike) -> bool:

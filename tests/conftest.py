@@ -78,3 +78,25 @@ def fresh_registry():
 def run_dir(tmp_path, synth_small) -> Path:
     """A run folder as ``mura-ens train`` leaves it (a tiny CNN's model.onnx + card.json, no best.keras)."""
     return make_run_dir(tmp_path, synth_small)
+
+
+# Hypothesis (tests/test_property_scoring.py): a bounded, reproducible profile for CI; `dev` for more examples.
+# Guarded so that the rest of the suite runs where the [dev] extra (which brings hypothesis) is not installed.
+try:
+    import os as _os
+
+    from hypothesis import HealthCheck as _HealthCheck
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile(
+        "ci",
+        max_examples=50,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[_HealthCheck.too_slow, _HealthCheck.data_too_large],
+    )
+    _hypothesis_settings.register_profile("dev", max_examples=200, deadline=None)
+    _hypothesis_settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover
+    pass

@@ -140,13 +140,13 @@ def test_models_with_different_input_sizes_decode_each_image_once(tree, tiny_mod
     import mura_ens.data.images as images_module
 
     calls = []
-    real = images_module.decode
+    real = images_module.decoded  # what the runner decodes with (holding the image's share of the byte budget)
 
     def counting(path, **kw):
         calls.append(str(path))
         return real(path, **kw)
 
-    monkeypatch.setattr(images_module, "decode", counting)
+    monkeypatch.setattr(images_module, "decoded", counting)
     sizes = {load_model_spec(p).input_size for p in tiny_models.values() if "runs" in p.parts}
     assert len(sizes) == 4
     score(tree, models_dir=tiny_models["gen_a"].parents[1], out=tmp_path, progress=False)

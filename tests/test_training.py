@@ -204,7 +204,8 @@ def test_specialists_give_one_tagged_model_per_body_part(synth_small, tmp_path):
         assert card["config"]["params"]["cells"] == 2
         split = load_training_data(manifest, val_fraction=0.4).frame
         expected = split.loc[split["body_part"] == part, "fold"].value_counts()
-        assert {fold: c["images"] for fold, c in card["data"]["folds"].items()} == expected.to_dict()
+        used = {fold: c["images"] + card["data"]["images_dropped"][fold] for fold, c in card["data"]["folds"].items()}
+        assert used == expected.to_dict()  # the card counts images used, and those dropped
         # the class weights were computed on that part's training fold only
         assert list(card["data"]["class_weights"]) == [part]
 
@@ -237,7 +238,9 @@ def test_train_cli_done_when(synth_small, tmp_path, capsys):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "epoch 1/2" in captured.err and "epoch 2/2" in captured.err
-    assert "dropped 1 image(s) that could not be loaded (1 empty_file)" in captured.err
+    assert "mura-ens: warning: custom_cnn: train: dropped 1 of " in captured.err
+    assert "image(s) that could not be loaded (1 empty_file)" in captured.err
+    assert not [p for p in out.iterdir() if p.name != "custom_cnn"]  # no partial folder left beside the run
 
     card = json.loads((run / "card.json").read_text())
     assert card["onnx_max_abs_diff"] <= 1e-4
@@ -248,6 +251,8 @@ def test_train_cli_done_when(synth_small, tmp_path, capsys):
     assert card["versions"]["tensorflow"] and card["versions"]["plugin:custom_cnn"].startswith("mura-ens-custom-cnn")
     quirks = synth_small["quirk_files"]
     assert card["data"]["images_not_loaded"] == {quirks["truncated"]: "truncated", quirks["zero_byte"]: "empty_file"}
+    assert card["data"]["images_dropped"]["test"] == 1 and sum(card["data"]["images_dropped"].values()) == 2
+    assert any(note.startswith("custom_cnn: test: dropped 1 of ") for note in card["notes"])
     assert card["data"]["skipped_files"] == 1  # the planted macOS ._image1.png
 
     history = read_history(run / "history.tsv")

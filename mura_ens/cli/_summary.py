@@ -24,9 +24,7 @@ def print_score_summary(result, console) -> None:
     print(
         f"images: {n_ok} scored of {len(images)} listed; studies: {int((studies['status'] == 'ok').sum())} scored of {len(studies)}"
     )
-    failed = images.loc[images["status"] != "ok", "status"].value_counts()
-    if len(failed):
-        print("not scored: " + ", ".join(f"{status} {count}" for status, count in failed.items()))
+    _print_not_scored(result)
     if result.metrics is not None:
         _print_metric_tables(result, console)
     else:
@@ -35,6 +33,30 @@ def print_score_summary(result, console) -> None:
         print(f"wrote {path}")
     if "report" in result.paths:
         print(f"report: {result.paths['report']}")
+
+
+def _print_not_scored(result) -> None:
+    """Images not scored and why; files the scan skipped and why; studies of an unknown body part."""
+    from ..data.layout import SKIP_REASONS, unknown_parts_text
+
+    counts = result.images.loc[result.images["status"] != "ok", "status"].value_counts()
+    failed = [(status, n) for status, n in counts.items() if status not in SKIP_REASONS]
+    skipped = [(status, n) for status, n in counts.items() if status in SKIP_REASONS]
+    if failed:
+        print("not scored: " + ", ".join(f"{status} {count}" for status, count in failed))
+    if skipped:
+        total = sum(n for _, n in skipped)
+        print(
+            f"skipped by the scan: {total} {'file' if total == 1 else 'files'} ("
+            + ", ".join(f"{reason} {count}" for reason, count in skipped)
+            + "; each listed in images.csv with its reason)"
+        )
+    if result.unknown_parts:
+        serves = any(m.is_generalist for m in result.models)
+        print(
+            unknown_parts_text(result.unknown_parts)
+            + (": scored by the generalist models only" if serves else ": not scored (no generalist model)")
+        )
 
 
 def _print_metric_tables(result, console) -> None:

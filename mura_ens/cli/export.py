@@ -1,21 +1,33 @@
-"""`mura-ens export RUN_DIR`: re-export best.keras to model.onnx (parity-checked), or quantize it to int8."""
+"""`mura-ens export RUN_DIR...`: re-export best.keras to model.onnx (parity-checked), or quantize it to int8.
+
+A thin wrapper over :func:`mura_ens.export`, one run folder after the other (folders and globs).
+"""
 
 from __future__ import annotations
 
+import glob
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..constants import DEBUG_ENV
+from ..errors import RunFailed
 from ._app import app
-
-QUANTIZE_MODES = ("int8",)
 
 
 @app.command("export")
 def export_command(
-    run_dir: Annotated[
-        Path, typer.Argument(help="A run folder written by 'mura-ens train' (holds best.keras and card.json).")
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="RUN_DIR...",
+            help="Run folders written by 'mura-ens train' (each holds best.keras and card.json); "
+            "several, or globs such as 'runs/specialists*'.",
+            show_default=False,
+        ),
     ],
     quantize: Annotated[
         str | None,
@@ -34,23 +46,69 @@ def export_command(
         bool, typer.Option("--reexport", help="With --quantize: re-export model.onnx from best.keras first.")
     ] = False,
 ) -> None:
-    """Convert RUN_DIR/best.keras to RUN_DIR/model.onnx after checking ONNX vs Keras parity; or quantize it (--quantize int8)."""
+    """Convert RUN_DIR/best.keras to RUN_DIR/model.onnx after checking ONNX vs Keras parity; or quantize it (--quantize int8).
+
+    Several run folders (or globs, e.g. a specialists family: runs/specialists*)
+    are done one after the other, one line per run; a run that fails prints
+    its error and the others are still done (exit code 2 at the end).
+    """
+    from ..api import check_quantize
     from ..errors import UsageError
+
+    check_quantize(quantize)
+    targets, unmatched = expand_run_dirs(run_dirs)
+    if len(run_dirs) == 1 and unmatched:
+        raise UsageError(f"no run folder matches {unmatched[0]}")
+    failed = [f"no run folder matches {pattern}" for pattern in unmatched]
+    for line in failed:
+        print(f"mura-ens: error: {line}", file=sys.stderr)
+    for run_dir in targets:
+        try:
+            _export_one(run_dir, quantize=quantize, calibration_images=calibration_images, data=data, reexport=reexport)
+        except (UsageError, RunFailed) as exc:
+            if len(targets) == 1 and not unmatched or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise  # one run: the usual one-line error (main prints it)
+            message = str(exc) if str(run_dir) in str(exc) else f"{run_dir}: {exc}"
+            print(f"mura-ens: error: {message}", file=sys.stderr)
+            failed.append(message)
+    if failed:
+        raise typer.Exit(2)
+
+
+def _export_one(run_dir: Path, *, quantize: str | None, calibration_images: int, data: Path | None, reexport: bool):
+    """Export and/or quantize one run with :func:`mura_ens.export`, printing a line after each step."""
+    from ..api import export
     from ..run_folder import MODEL_FILE
 
-    if quantize is not None and quantize not in QUANTIZE_MODES:
-        raise UsageError(f"unknown --quantize {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
-    from ..training.export import require_finished_run
+    if quantize is None or reexport or not (run_dir / MODEL_FILE).exists():
+        typer.echo(_export_line(export(run_dir).onnx))
+    if quantize is not None:
+        typer.echo(
+            _int8_line(export(run_dir, quantize=quantize, calibration_images=calibration_images, data=data).int8)
+        )
 
-    require_finished_run(run_dir)  # a run being built or killed is never exported nor quantized
-    if quantize is None or reexport or not (Path(run_dir) / MODEL_FILE).exists():
-        from ..training.export import export_run
 
-        typer.echo(_export_line(export_run(run_dir)))
-    if quantize == "int8":
-        from ..onnx.quantize import quantize_run
+def expand_run_dirs(patterns: list[Path]) -> tuple[list[Path], list[str]]:
+    """The run folders the arguments name, in order, each once; and the globs that matched no folder.
 
-        typer.echo(_int8_line(quantize_run(run_dir, calibration_images=calibration_images, data=data)))
+    An argument that exists, or has no glob character (``*``, ``?``, ``[``), is
+    taken as it is (a missing folder is reported by the export); otherwise its
+    matching folders are taken in sorted order (hidden ones, such as a run
+    still being built, are never matched).
+    """
+    found: dict[Path, None] = {}
+    unmatched = []
+    for pattern in patterns:
+        text = os.fspath(pattern)
+        if pattern.exists() or not any(char in text for char in "*?["):
+            found.setdefault(pattern)
+            continue
+        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text)) if Path(p).is_dir())
+        if not matches:
+            unmatched.append(text)
+        for match in matches:
+            found.setdefault(match)
+    return list(found), unmatched
 
 
 def _export_line(exported) -> str:

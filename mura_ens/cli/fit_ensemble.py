@@ -1,6 +1,6 @@
 """`mura-ens fit-ensemble`: fit per-body-part weights, calibrators and thresholds on a labelled `score` output.
 
-A thin wrapper over :func:`mura_ens.fitting.fit_scored_dir`; heavy imports
+A thin wrapper over :func:`mura_ens.fit_ensemble` (:func:`mura_ens.fitting.fit_scored_dir`); heavy imports
 happen inside the command so that ``mura-ens --help`` stays fast.
 """
 
@@ -68,23 +68,26 @@ def fit_ensemble_command(
     seed: Annotated[int, typer.Option(metavar="N", help="Seed of the folds and bootstrap.")] = 0,
 ) -> None:
     """Fit per body part: member weights, an optional calibrator and a decision threshold; write ensemble.json."""
-    from ..fitting import FitSettings, fit_scored_dir
+    from ..api import fit_ensemble
+    from ..io import check_output_file
 
-    if out.is_dir():
-        raise UsageError(f"--out must be a file, got a folder: {out}")
-    settings = FitSettings(
+    if not out.is_dir():  # a folder has its own message; below a file, /proc, no permission: one line, before fitting
+        check_output_file(out, what="--out")
+    fitted = fit_ensemble(
+        scored_dir,
+        out,
+        models=models,
+        model=model,
         calibrate=calibrate,
         threshold_rule=threshold_rule,
         threshold=threshold,
         shrinkage=shrinkage,
         threshold_shrinkage=_shrinkage(threshold_shrinkage),
         min_studies=min_studies,
-        cv_folds=folds,
+        folds=folds,
         seed=seed,
     )
-    fitted = fit_scored_dir(scored_dir, settings, models_dir=models, model_files=model or ())
     _print_summary(fitted)
-    fitted.save(out)
     typer.echo(f"wrote {out}")
 
 

@@ -58,4 +58,8 @@ def manifest_command(
         + (f" ({reasons})" if reasons else "")
         + f", listed in {result['skipped_csv']}"
     )
+    if result["unknown_parts"]:
+        from ..data.layout import unknown_parts_text
+
+        typer.echo(unknown_parts_text(result["unknown_parts"]) + ": their body_part is empty in the manifest")
     typer.echo(f"wrote {result['manifest']}")

@@ -19,9 +19,9 @@ def plugins_command(
     MURA_ENS_PLUGINS=a,b to load only some. A plugin that fails to import is
     listed as broken.
     """
-    from ..registry import plugin_rows
+    from ..api import list_plugins
 
-    rows = plugin_rows()
+    rows = list_plugins()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

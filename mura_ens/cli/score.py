@@ -1,6 +1,6 @@
 """`mura-ens score`: score images with ONNX models, ensemble per body part, write tables, metrics and a report.
 
-A thin wrapper over :func:`mura_ens.scoring.score.score`; heavy imports
+A thin wrapper over :func:`mura_ens.score` (:func:`mura_ens.scoring.score.score`); heavy imports
 happen inside the command so that ``mura-ens --help`` stays fast.
 """
 
@@ -122,8 +122,8 @@ def score_command(
 
     from rich.console import Console
 
-    from ..scoring.backends import make_backend
-    from ..scoring.score import ScoreSettings, score
+    from ..api import score
+    from ..scoring.score import ScoreSettings
     from ._summary import print_score_summary
 
     settings = ScoreSettings(
@@ -137,23 +137,18 @@ def score_command(
         tta=tta,
         ensemble_file=ensemble_file,
     )
-    batch_backend = make_backend(
-        backend,
-        workers=settings.decode_workers,
-        scheduler=scheduler,
-        ship_models=ship_models,
-        cluster_workers=workers,
-    )
     try:
         with warnings.catch_warnings(record=True) as caught:  # shown below as one line each
             result = score(
                 input,
                 out,
-                models_dir=models,
-                model_files=model or (),
+                models=models,
+                model=model,
                 settings=settings,
-                backend=batch_backend,
+                backend=backend,
                 progress=progress,
+                scheduler=scheduler,
+                ship_models=ship_models,
             )
     except KeyboardInterrupt:
         print(f"mura-ens: finished batches are journalled in {out}; rerun with --resume to continue", file=sys.stderr)

@@ -1,14 +1,12 @@
 """`mura-ens train`: train a plugin's model(s), evaluate on the test fold, export to ONNX.
 
 A thin wrapper: the options become a :class:`~mura_ens.training.options.TrainOptions`
-(which checks them) and go to :func:`mura_ens.training.train`. The option types are
+(which checks them) and go to :func:`mura_ens.train`. The option types are
 declared once below so that the command's signature stays one line per option.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -120,7 +118,8 @@ def train_command(
     each starts from that run's weights (warm-started specialists). With
     --strategy multiworker only the chief writes and prints run folders.
     """
-    from ..training import TrainOptions, train
+    from ..api import train
+    from ..training import TrainOptions
 
     options = TrainOptions(
         body_part=body_part,
@@ -146,28 +145,9 @@ def train_command(
         cache=cache,
         init_from=init_from,
     )
-    with _warnings_as_lines():
+    from ..training.checks import training_warnings_as_lines
+
+    with training_warnings_as_lines():  # one "mura-ens: warning: ..." line each, as they come
         runs = train(plugin, data, out, options)
     for run in runs:
-        typer.echo(str(run))
-
-
-@contextlib.contextmanager
-def _warnings_as_lines() -> Iterator[None]:
-    """Show training warnings as they come, one ``mura-ens: warning: ...`` line each on stderr."""
-    import sys
-    import warnings
-
-    from ..training.checks import TrainingWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", TrainingWarning)
-        show = warnings.showwarning
-
-        def one_line(message, category, filename, lineno, file=None, line=None):
-            if not issubclass(category, TrainingWarning):
-                return show(message, category, filename, lineno, file, line)
-            print(f"mura-ens: warning: {message}", file=sys.stderr, flush=True)
-
-        warnings.showwarning = one_line
-        yield
+        typer.echo(str(run.path))

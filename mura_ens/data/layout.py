@@ -38,6 +38,7 @@ SKIP_REASONS: dict[str, str] = {
     "missing_file": "listed in a CSV but not found on disk",
     "not_in_official_csv": "image file in a study folder that the official image CSV does not list",
     "duplicate": "listed more than once",
+    "symlinked_folder": "symbolic link to a folder: not followed (a loop or a copy elsewhere would count twice)",
 }
 
 #: Columns of ``skipped.csv`` (:func:`mura_ens.data.manifest.write_manifest`).
@@ -47,6 +48,8 @@ SKIPPED_COLUMNS: tuple[str, ...] = ("path", "reason")
 SKIPPED_STUDY_COLUMNS: tuple[str, ...] = ("study", "patient", "body_part", "label")
 
 _STUDY_RE = re.compile(r"^(study\d+)(?:_(positive|negative))?$", re.IGNORECASE)
+#: A body-part folder: one of BODY_PARTS, or another ``XR_*`` name (an unknown body part, e.g. ``XR_KNEE``).
+_PART_FOLDER_RE = re.compile(r"^XR_\w+$", re.IGNORECASE)
 _PATIENT_RE = re.compile(r"^patient\d+$", re.IGNORECASE)
 _SPLIT_NAMES = ("train", "valid", "test")
 _PART_BY_UPPER = {part: part for part in BODY_PARTS}
@@ -73,6 +76,8 @@ class StudyInfo(NamedTuple):
     body_part: str
     split: str
     label: int | None
+    #: The name of an ``XR_*`` folder that is not one of the seven parts (``body_part`` is then ``""``).
+    unknown_part: str = ""
 
 
 def parse_study_dir(parts: Iterable[str]) -> StudyInfo | None:
@@ -82,6 +87,9 @@ def parse_study_dir(parts: Iterable[str]) -> StudyInfo | None:
     last. Returns ``None`` when the last component is not a study folder name
     (``studyN``, ``studyN_positive``, ``studyN_negative``). Components that
     cannot be found are empty strings and are left out of the study key.
+    An ``XR_*`` folder that is not one of the seven parts (``XR_KNEE``) stands
+    where a body part would: ``body_part`` is ``""``, ``unknown_part`` and the
+    study key hold the folder's name (``valid/XR_KNEE/patient1/study1``).
     """
     parts = list(parts)
     if not parts:
@@ -95,14 +103,47 @@ def parse_study_dir(parts: Iterable[str]) -> StudyInfo | None:
     above = parts[:-1]
 
     patient = ""
-    if above and (_PATIENT_RE.match(above[-1]) or (len(above) > 1 and _body_part(above[-2]))):
+    if above and (_PATIENT_RE.match(above[-1]) or (len(above) > 1 and _PART_FOLDER_RE.match(above[-2]))):
         patient = above.pop()
-    body_part = _body_part(above[-1]) if above else ""
-    if body_part:
-        above.pop()
+    body_part = unknown = ""
+    if above and _PART_FOLDER_RE.match(above[-1]):
+        folder = above.pop()
+        body_part = _body_part(folder)
+        unknown = "" if body_part else folder
     split = above[-1].lower() if above and above[-1].lower() in _SPLIT_NAMES else ""
-    key = "/".join(piece for piece in (split, body_part, patient, study_name) if piece)
-    return StudyInfo(key=key, patient=patient, body_part=body_part, split=split, label=label)
+    key = "/".join(piece for piece in (split, body_part or unknown, patient, study_name) if piece)
+    return StudyInfo(key=key, patient=patient, body_part=body_part, split=split, label=label, unknown_part=unknown)
+
+
+def unknown_parts(frame: pd.DataFrame) -> dict[str, int]:
+    """Studies of ``frame`` (``path``, ``study``, ``body_part``) without a body part, by the ``XR_*`` folder named.
+
+    ``{"XR_KNEE": 2, "": 1}``: two studies under an ``XR_KNEE`` folder, one
+    with no body-part folder at all (e.g. a manifest row with an empty
+    ``body_part``). The folder is read from the study key, else from the
+    image's path. Rows without a study (files outside any study folder) are
+    not studies. Empty when every study has one of the seven parts.
+    """
+    rows = frame.loc[(frame["body_part"] == "") & (frame["study"] != ""), ["path", "study"]]
+    found: dict[str, str] = {}
+    for path, study in zip(rows["path"], rows["study"]):
+        if study not in found:
+            named = [piece for piece in study.split("/") if _PART_FOLDER_RE.match(piece)]
+            info = None if named else parse_study_dir(Path(os.path.dirname(path)).parts)
+            found[study] = named[-1] if named else (info.unknown_part if info is not None else "")
+    counts: dict[str, int] = {}
+    for name in found.values():
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (item[0] == "", item[0])))
+
+
+def unknown_parts_text(counts: dict[str, int]) -> str:
+    """``3 studies of an unknown body part (XR_KNEE 2, no body-part folder 1)``, or "" when there are none."""
+    if not counts:
+        return ""
+    total = sum(counts.values())
+    shown = ", ".join(f"{name or 'no body-part folder'} {n}" for name, n in counts.items())
+    return f"{total} {'study' if total == 1 else 'studies'} of an unknown body part ({shown})"
 
 
 def _body_part(name: str) -> str:
@@ -202,6 +243,11 @@ def walk_mura(folder: str | os.PathLike) -> ScanResult:
 
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        skipped += [
+            {"path": os.path.join(dirpath, d), "reason": "symlinked_folder"}
+            for d in dirnames
+            if os.path.islink(os.path.join(dirpath, d))
+        ]
         rel = os.path.relpath(dirpath, root)
         in_hidden = rel != "." and any(piece.startswith(".") for piece in rel.split(os.sep))
         info = None if in_hidden else parse_study_dir(os.path.normpath(os.path.join(real_root, rel)).split(os.sep))

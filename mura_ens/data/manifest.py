@@ -5,7 +5,9 @@ Columns (DESIGN.md): ``path``, ``study``, ``patient``, ``body_part``,
 ``MANIFEST_COLUMNS``: strings everywhere (``""`` for unknown, never NA) except
 ``label``, a nullable ``Int64`` (1 abnormal, 0 normal, ``<NA>`` unknown);
 ``path`` is absolute. On disk: CSV, UTF-8, header row, an unknown label is an
-empty cell; relative paths are relative to the manifest's folder.
+empty cell; relative paths are relative to the manifest's folder. A path that is
+not valid UTF-8 is written and read as its bytes (``surrogateescape``, see
+:mod:`mura_ens.io`), so a manifest of such a folder reads back to the same files.
 
 Row numbers in validation messages count lines of the CSV file with the
 header as row 1, so the first data row is row 2.
@@ -20,8 +22,8 @@ import pandas as pd
 
 from ..constants import BODY_PARTS, MANIFEST_COLUMNS, REQUIRED_MANIFEST_COLUMNS, SPLITS
 from ..errors import ManifestError, UsageError
-from ..io import atomic_write_csv
-from .layout import SKIPPED_COLUMNS, ScanResult, manifest_frame, skipped_frame, walk_mura
+from ..io import TEXT_ERRORS, atomic_write_csv, check_output_file
+from .layout import SKIPPED_COLUMNS, ScanResult, manifest_frame, skipped_frame, unknown_parts, walk_mura
 from .official import OFFICIAL_SPLITS, find_official_csvs, read_official
 
 SKIPPED_NAME = "skipped.csv"
@@ -78,7 +80,14 @@ def read_manifest(path: str | os.PathLike, *, root: str | os.PathLike | None = N
     if not path.is_file():
         raise UsageError(f"manifest not found: {path}")
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+        raw = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+            encoding="utf-8-sig",
+            encoding_errors=TEXT_ERRORS,  # a path that is not UTF-8 keeps its bytes (mura_ens.io)
+        )
     except pd.errors.EmptyDataError:
         raise ManifestError(
             f"{path}", ["the file is empty (expected a header row: " + ",".join(MANIFEST_COLUMNS) + ")"]
@@ -242,8 +251,14 @@ def build_manifest(source: str | os.PathLike, out: str | os.PathLike, root: str 
     """Scan ``source``, write the manifest to ``out`` (and ``skipped.csv`` beside it).
 
     Returns ``{"manifest": Path, "skipped_csv": Path, "n_images", "n_studies",
-    "n_skipped", "skipped_reasons": {reason: count}, "summary": DataFrame}``.
+    "n_skipped", "skipped_reasons": {reason: count}, "summary": DataFrame,
+    "unknown_parts": {folder: studies}}`` (:func:`mura_ens.data.layout.unknown_parts`).
+    An ``out`` that cannot be written (a folder, below a file, no permission)
+    is an :class:`~mura_ens.io.OutputError` before the scan.
     """
+    check_output_file(out, what="the manifest")
+    if Path(out).name == SKIPPED_NAME:
+        raise UsageError(f"the manifest cannot be named {SKIPPED_NAME}: that file is written beside it")
     result = scan_source(source, root=root)
     manifest_path, skipped_path = write_manifest(result.manifest, out, result.skipped)
     return {
@@ -254,4 +269,5 @@ def build_manifest(source: str | os.PathLike, out: str | os.PathLike, root: str 
         "n_skipped": len(result.skipped),
         "skipped_reasons": {str(k): int(v) for k, v in result.skipped["reason"].value_counts().sort_index().items()},
         "summary": summarize(result.manifest),
+        "unknown_parts": unknown_parts(result.manifest),
     }

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
+from ..io import TEXT_ERRORS
 from .layout import ScanResult, manifest_frame, parse_study_dir, skip_reason, skipped_frame, sort_manifest
 
 OFFICIAL_SPLITS: tuple[str, ...] = ("train", "valid")
@@ -173,7 +174,7 @@ def read_studies_csv(path: str | os.PathLike) -> list[tuple[str, int]]:
 
 def _read_rows(path: str | os.PathLike) -> list[list[str]]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with open(path, newline="", encoding="utf-8-sig", errors=TEXT_ERRORS) as fh:
             return [row for row in csv.reader(fh) if row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UsageError(f"cannot read official CSV {path}: {exc}") from exc

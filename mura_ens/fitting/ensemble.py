@@ -120,6 +120,8 @@ class FittedEnsemble:
     fitting: dict[str, Any]
     mura_ens_version: str
     notes: tuple[str, ...] = ()
+    #: what the fit measured about the global threshold (its own value, shrink factor, guard), JSON-ready
+    global_info: dict[str, Any] = field(default_factory=dict)
 
     # ---- scoring -------------------------------------------------------------------------------
     def apply(self, frame: pd.DataFrame) -> tuple[np.ndarray, pd.api.extensions.ExtensionArray]:
@@ -209,7 +211,11 @@ class FittedEnsemble:
             "mura_ens_version": self.mura_ens_version,
             "settings": self.settings.to_dict(),
             "members": [{"name": m.name, "sha256": m.sha256} for m in self.members],
-            "global": {"calibrator": self.global_calibrator.to_dict(), "threshold": self.global_threshold},
+            "global": {
+                "calibrator": self.global_calibrator.to_dict(),
+                "threshold": self.global_threshold,
+                **self.global_info,
+            },
             "parts": {part: model.to_dict() for part, model in self.parts.items()},
             "fitting": self.fitting,
             "notes": list(self.notes),
@@ -243,6 +249,7 @@ class FittedEnsemble:
                 fitting=dict(data["fitting"]),
                 mura_ens_version=str(data["mura_ens_version"]),
                 notes=tuple(str(n) for n in data.get("notes", ())),
+                global_info={k: v for k, v in data["global"].items() if k not in ("calibrator", "threshold")},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(f"malformed fitted ensemble: {type(exc).__name__} {exc}") from None

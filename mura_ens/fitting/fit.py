@@ -71,8 +71,19 @@ from .ensemble import FITTED, PLAIN_MEAN, FittedEnsemble, Member, PartModel
 from .quality import patient_folds, quality
 from .settings import FitSettings
 from .table import FittingTable, fitting_table
-from .thresholds import best_threshold, between_part_variance, bootstrap_variance, shrink_factor, shrunk_threshold
+from .thresholds import (
+    between_part_variance,
+    bootstrap_variance,
+    criterion,
+    rule_value,
+    shrink_factor,
+    shrunk_threshold,
+    smooth_threshold,
+)
 from .weights import fit_weights, pool
+
+#: a cross-validated criterion must beat the plain mean's by more than this (a tie keeps the plain mean)
+TIE = 1e-9
 
 
 @dataclass
@@ -86,6 +97,34 @@ class _Probabilities:
 
     def apply(self, P: np.ndarray) -> np.ndarray:
         return self.calibrator.apply(pool(P, self.w))
+
+
+def _plain_probabilities(m: int) -> _Probabilities:
+    plain = np.full(m, 1.0 / m)
+    return _Probabilities(plain, plain, 0.0, IDENTITY)
+
+
+@dataclass
+class _PartFit:
+    """One part's fitted probabilities, its CV folds, and the weights guard's verdict."""
+
+    fit: _Probabilities
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    weights_kept: bool
+    guard: dict[str, Any]
+
+    def chosen(self, P: np.ndarray, y: np.ndarray, settings: FitSettings) -> _Probabilities:
+        """The fitted probabilities on (P, y) when the guard kept them, else the plain mean."""
+        return _fit_probabilities(P, y, settings) if self.weights_kept else _plain_probabilities(P.shape[1])
+
+
+@dataclass
+class _Global:
+    """The global threshold: the rule's own on all studies, shrunk toward ``plain_threshold``, and its guard."""
+
+    threshold: float
+    kept: bool
+    info: dict[str, Any]
 
 
 def fit_ensemble(
@@ -111,7 +150,7 @@ def fit_ensemble(
     plain_all = pool(table.P, np.zeros(len(members)))
     global_cal = fit_calibrator(plain_all, table.y, settings.calibrate, shrink_factor(len(table.y), settings.shrinkage))
     q = global_cal.apply(plain_all)  # what each fitting study gets from the ensemble; fitted parts below
-    fits: dict[str, _Probabilities] = {}
+    fits: dict[str, _PartFit] = {}
     reasons: dict[str, str] = {}
     for part, cols in table.part_members.items():
         if not part:
@@ -121,19 +160,20 @@ def fit_ensemble(
         if reason:
             reasons[part] = reason
             continue
-        fits[part] = _fit_probabilities(table.P[np.ix_(rows, cols)], table.y[rows], settings)
-        q[rows] = fits[part].apply(table.P[np.ix_(rows, cols)])
-    t_global = _global_threshold(table.y, q, settings)
-    tau2 = _between_parts(table.y, q, table.part, list(fits), t_global, settings)
+        P, y = table.P[np.ix_(rows, cols)], table.y[rows]
+        fits[part] = _guarded_probabilities(P, y, table.patient[rows], settings)
+        q[rows] = fits[part].chosen(P, y, settings).apply(P)
+    glob = _global_threshold(table, q, settings)
+    tau2 = _between_parts(table.y, q, table.part, list(fits), glob.threshold, settings)
     parts: dict[str, PartModel] = {}
     for part, cols in table.part_members.items():
         if not part:
             continue
         names = [members[j].name for j in cols]
         if part in fits:
-            parts[part] = _fitted_part(table, part, names, (fits[part], q, (t_global, tau2)), settings)
+            parts[part] = _fitted_part(table, part, names, (fits[part], q, glob, tau2), settings)
         else:
-            parts[part] = _plain_part(table, part, names, (global_cal, t_global, reasons[part]), settings)
+            parts[part] = _plain_part(table, part, names, (global_cal, glob.threshold, reasons[part]), settings)
     notes = list(table.notes)
     if "" in table.part_members:
         n = int(np.sum(table.part == ""))
@@ -144,11 +184,12 @@ def fit_ensemble(
         members=members,
         parts=parts,
         global_calibrator=global_cal,
-        global_threshold=t_global,
+        global_threshold=glob.threshold,
         settings=settings,
         fitting=_fitting_record(table),
         mura_ens_version=__version__,
         notes=tuple(notes),
+        global_info=glob.info,
     )
 
 
@@ -164,23 +205,79 @@ def _plain_reason(y: np.ndarray, settings: FitSettings) -> str:
 def _fit_probabilities(P: np.ndarray, y: np.ndarray, settings: FitSettings) -> _Probabilities:
     """Shrunk weights and calibrator of one part (plain mean and identity on one class)."""
     m = P.shape[1]
-    plain = np.full(m, 1.0 / m)
     if len(np.unique(y)) < 2:
-        return _Probabilities(plain, plain, 0.0, IDENTITY)
+        return _plain_probabilities(m)
     lam = shrink_factor(len(y), settings.shrinkage)
     w_fit = fit_weights(P, y)
+    plain = np.full(m, 1.0 / m)
     w = lam * w_fit + (1.0 - lam) * plain
     w = w / w.sum()
     calibrator = fit_calibrator(pool(P, w), y, settings.calibrate, lam)
     return _Probabilities(w_fit, w, lam, calibrator)
 
 
-def _global_threshold(y: np.ndarray, q: np.ndarray, settings: FitSettings) -> float:
-    """The rule's threshold on all studies; ``settings.threshold`` for ``fixed`` or when none can be chosen."""
+def _guarded_probabilities(P: np.ndarray, y: np.ndarray, groups: np.ndarray, settings: FitSettings) -> _PartFit:
+    """Fit the part's probabilities and keep them only if patient-grouped CV beats the plain mean.
+
+    Kept when the out-of-fold log loss is strictly lower than the plain mean's
+    and the out-of-fold AUC is not lower (a tie keeps the plain mean); never
+    kept when cross-validation is impossible.
+    """
+    fit = _fit_probabilities(P, y, settings)
+    folds = patient_folds(y, groups, settings.cv_folds, settings.seed)
+    plain = pool(P, np.zeros(P.shape[1]))
+    base = quality(y, plain, plain > settings.plain_threshold)
+    guard: dict[str, Any] = {"kept": False, "plain": {k: base[k] for k in ("log_loss", "auc")}, "fitted_cv": None}
+    if not folds:
+        return _PartFit(fit, folds, False, guard)
+    oof = np.full(len(y), np.nan)
+    for train, test in folds:
+        oof[test] = _fit_probabilities(P[train], y[train], settings).apply(P[test])
+    cv = quality(y, oof, oof > settings.plain_threshold)
+    guard["fitted_cv"] = {k: cv[k] for k in ("log_loss", "auc")}
+    guard["kept"] = bool(cv["log_loss"] < base["log_loss"] and cv["auc"] >= base["auc"])
+    return _PartFit(fit, folds, guard["kept"], guard)
+
+
+def _shrunk_global(y: np.ndarray, q: np.ndarray, settings: FitSettings) -> tuple[float | None, float, float]:
+    """(the rule's own smoothed threshold or None, it shrunk toward ``plain_threshold`` by n/(n+k), that factor)."""
     if settings.threshold_rule == "fixed":
-        return settings.threshold
-    t = best_threshold(y, q, settings.threshold_rule)
-    return settings.threshold if t is None else t
+        return None, settings.threshold, 0.0
+    raw = smooth_threshold(y, q, settings.threshold_rule, seed=settings.seed)
+    if raw is None:
+        return None, settings.threshold, 0.0
+    k = settings.shrinkage if settings.threshold_shrinkage is None else settings.threshold_shrinkage
+    lam = shrink_factor(len(y), k)
+    return raw, shrunk_threshold(raw, settings.plain_threshold, lam), lam
+
+
+def _global_threshold(table: FittingTable, q: np.ndarray, settings: FitSettings) -> _Global:
+    """The global threshold, guarded: kept only if patient-grouped CV on all studies beats ``plain_threshold``."""
+    if settings.threshold_rule == "fixed":
+        return _Global(settings.threshold, True, {"threshold_fitted": None, "threshold_shrink": 0.0, "guard": None})
+    y, rule, t_plain = table.y, settings.threshold_rule, settings.plain_threshold
+    raw, threshold, lam = _shrunk_global(y, q, settings)
+    folds = patient_folds(y, table.patient, settings.cv_folds, settings.seed)
+    oof = np.zeros(len(y), dtype=np.int64)
+    for train, test in folds:
+        oof[test] = q[test] > _shrunk_global(y[train], q[train], settings)[1]
+    plain_value = rule_value(y, q > t_plain, rule)
+    cv_value = rule_value(y, oof, rule) if folds else None
+    kept = cv_value is not None and plain_value is not None and cv_value > plain_value + TIE
+    info = {
+        "threshold_fitted": raw,
+        "threshold_shrink": lam,
+        "guard": {"kept": kept, "criterion": criterion(rule), "plain": plain_value, "fitted_cv": cv_value},
+    }
+    if not kept:
+        info["note"] = _rejected_note("global threshold", cv_value, plain_value, rule, t_plain)
+    return _Global(float(threshold) if kept else t_plain, kept, info)
+
+
+def _rejected_note(what: str, cv: float | None, plain: float | None, rule: str, t_plain: float) -> str:
+    if cv is None or plain is None:
+        return f"{what} not judged (too few patients of a class for cross-validation): {t_plain:g} kept"
+    return f"{what}: cross-validated {criterion(rule)} {cv:.3f} <= {plain:.3f} at {t_plain:g}: {t_plain:g} kept"
 
 
 def _part_threshold(
@@ -190,7 +287,7 @@ def _part_threshold(
     if settings.threshold_rule == "fixed":
         return None, settings.threshold, 0.0
     t_global, tau2 = prior
-    raw = best_threshold(y, q, settings.threshold_rule)
+    raw = smooth_threshold(y, q, settings.threshold_rule, seed=settings.seed)
     if raw is None:
         return None, t_global, 0.0
     if settings.threshold_shrinkage is not None:
@@ -217,7 +314,7 @@ def _between_parts(
     raws, variances = [], []
     for name in fitted:
         rows = part == name
-        raw = best_threshold(y[rows], q[rows], settings.threshold_rule)
+        raw = smooth_threshold(y[rows], q[rows], settings.threshold_rule, seed=settings.seed)
         var = bootstrap_variance(y[rows], q[rows], settings.threshold_rule, seed=settings.seed)
         if raw is not None and var is not None:
             raws.append(raw)
@@ -228,25 +325,53 @@ def _between_parts(
 def _cross_validate(
     P: np.ndarray,
     y: np.ndarray,
-    groups: np.ndarray,
-    others: tuple[np.ndarray, np.ndarray, float],
+    part_fit: _PartFit,
+    others: tuple[np.ndarray, np.ndarray, _Global, float],
     settings: FitSettings,
-) -> tuple[int, dict[str, Any] | None]:
-    """(folds, quality of the out-of-fold predictions of the whole procedure) or (0, None) when CV is impossible."""
-    folds = patient_folds(y, groups, settings.cv_folds, settings.seed)
-    if not folds:
-        return 0, None
-    other_y, other_q, tau2 = others
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold (probabilities, predictions) of the part's procedure (its chosen probabilities + own threshold).
+
+    Each fold refits on the other folds; its prior is the global threshold of
+    the other parts' studies and the training folds (``plain_threshold`` when
+    the global guard rejected the global threshold).
+    """
+    other_y, other_q, glob, tau2 = others
     oof_q = np.full(len(y), np.nan)
     oof_pred = np.zeros(len(y), dtype=np.int64)
-    for train, test in folds:
-        fit = _fit_probabilities(P[train], y[train], settings)
+    for train, test in part_fit.folds:
+        fit = part_fit.chosen(P[train], y[train], settings)
         q_train = fit.apply(P[train])
-        prior = _global_threshold(np.concatenate([other_y, y[train]]), np.concatenate([other_q, q_train]), settings)
+        prior = settings.plain_threshold
+        if glob.kept:
+            both = (np.concatenate([other_y, y[train]]), np.concatenate([other_q, q_train]))
+            prior = _shrunk_global(*both, settings)[1]
         _, t, _ = _part_threshold(y[train], q_train, (prior, tau2), settings)
         oof_q[test] = fit.apply(P[test])
         oof_pred[test] = (oof_q[test] > t).astype(np.int64)
-    return len(folds), quality(y, oof_q, oof_pred)
+    return oof_q, oof_pred
+
+
+def _threshold_guard(
+    y: np.ndarray, plain: np.ndarray, oof: tuple[np.ndarray, np.ndarray], part_fit: _PartFit, settings: FitSettings
+) -> dict[str, Any]:
+    """Keep the part's own threshold only if its CV criterion beats both the plain mean and the probabilities at
+    ``plain_threshold``; drop fitted weights whose CV criterion at ``plain_threshold`` is below the plain mean's."""
+    rule, t_plain = settings.threshold_rule, settings.plain_threshold
+    oof_q, oof_pred = oof
+    plain_value = rule_value(y, plain > t_plain, rule)
+    at_plain = rule_value(y, oof_q > t_plain, rule) if part_fit.weights_kept else plain_value
+    fitted = rule_value(y, oof_pred, rule) if part_fit.folds else None
+    guard: dict[str, Any] = {"criterion": criterion(rule), "plain": plain_value}
+    guard.update({"weights_at_plain_threshold_cv": at_plain, "fitted_cv": fitted})
+    if rule == "fixed":
+        guard.update(kept=True, weights_dropped=False)
+        return guard
+    values_known = None not in (plain_value, at_plain, fitted)
+    guard["kept"] = bool(values_known and fitted > max(plain_value, at_plain) + TIE)
+    guard["weights_dropped"] = bool(
+        part_fit.weights_kept and not guard["kept"] and values_known and at_plain < plain_value - TIE
+    )
+    return guard
 
 
 def _member_quality(P: np.ndarray, y: np.ndarray, names: list[str], settings: FitSettings) -> dict[str, Any]:
@@ -258,36 +383,40 @@ def _fitted_part(
     table: FittingTable,
     part: str,
     names: list[str],
-    fitted: tuple[_Probabilities, np.ndarray, tuple[float, float]],
+    fitted: tuple[_PartFit, np.ndarray, _Global, float],
     settings: FitSettings,
 ) -> PartModel:
-    fit, q, prior = fitted
-    t_global = prior[0]
+    part_fit, q, glob, tau2 = fitted
     rows = table.part == part
     cols = table.part_members[part]
     P, y = table.P[np.ix_(rows, cols)], table.y[rows]
-    raw, threshold, lam_t = _part_threshold(y, q[rows], prior, settings)
-    folds, cv = _cross_validate(P, y, table.patient[rows], (table.y[~rows], q[~rows], prior[1]), settings)
+    raw, threshold, lam_t = _part_threshold(y, q[rows], (glob.threshold, tau2), settings)
+    oof = _cross_validate(P, y, part_fit, (table.y[~rows], q[~rows], glob, tau2), settings)
     plain = pool(P, np.zeros(len(cols)))
+    threshold_guard = _threshold_guard(y, plain, oof, part_fit, settings)
+    weights_kept = part_fit.weights_kept and not threshold_guard["weights_dropped"]
+    chosen = part_fit.fit if weights_kept else _plain_probabilities(len(cols))
     measured: dict[str, Any] = {
-        "folds": folds,
+        "folds": len(part_fit.folds),
         "plain": quality(y, plain, plain > settings.plain_threshold),
-        "fitted_cv": cv,
+        "fitted_cv": quality(y, *oof) if part_fit.folds else None,
         "members": _member_quality(P, y, names, settings),
     }
     info = {
-        "weights_fitted": dict(zip(names, map(float, fit.w_fit))),
-        "shrink": fit.lam,
+        "weights_fitted": dict(zip(names, map(float, part_fit.fit.w_fit))),
+        "shrink": part_fit.fit.lam,
         "threshold_fitted": raw,
         "threshold_shrink": lam_t,
+        "guard": {"weights": {**part_fit.guard, "kept": weights_kept}, "threshold": threshold_guard},
         "quality": measured,
     }
-    notes = _fitted_notes(len(names), fit.lam, (raw, threshold, lam_t, t_global), measured, settings)
+    notes = _fitted_notes(len(names), part_fit.fit.lam, (raw, threshold, lam_t, glob.threshold), settings)
+    notes += _guard_notes(part_fit, threshold_guard, settings)
     return PartModel(
-        status=FITTED,
-        weights=dict(zip(names, map(float, fit.w))),
-        calibrator=fit.calibrator,
-        threshold=float(threshold),
+        status=FITTED if weights_kept or threshold_guard["kept"] else PLAIN_MEAN,
+        weights=dict(zip(names, map(float, chosen.w))),
+        calibrator=chosen.calibrator,
+        threshold=float(threshold if threshold_guard["kept"] else settings.plain_threshold),
         n_studies=len(y),
         n_positive=int(y.sum()),
         info=info,
@@ -296,7 +425,7 @@ def _fitted_part(
 
 
 def _fitted_notes(
-    m: int, lam: float, thresholds: tuple[float | None, float, float, float], q: dict[str, Any], settings: FitSettings
+    m: int, lam: float, thresholds: tuple[float | None, float, float, float], settings: FitSettings
 ) -> list[str]:
     raw, threshold, lam_t, t_global = thresholds
     notes = ["one member: weight 1"] if m == 1 else []
@@ -309,12 +438,40 @@ def _fitted_notes(
             k = settings.threshold_shrinkage
             how = "empirical Bayes" if k is None else f"n/(n+{k:g})"
             notes.append(f"threshold {lam_t:.2f} x part's {raw:.3f} + {1 - lam_t:.2f} x global {t_global:.3f} ({how})")
-    cv, plain = q["fitted_cv"], q["plain"]
-    if cv is None:
-        notes.append("too few patients of a class for cross-validation: fit not judged")
-    elif cv["kappa"] is not None and plain["kappa"] is not None and cv["kappa"] < plain["kappa"]:
-        notes.append(f"cross-validated kappa {cv['kappa']:.3f} < the plain mean's {plain['kappa']:.3f}")
     return notes
+
+
+def _guard_notes(part_fit: _PartFit, threshold_guard: dict[str, Any], settings: FitSettings) -> list[str]:
+    """Why the guard kept the plain mean's weights and/or threshold (nothing when it kept the fit)."""
+    t_plain, crit = settings.plain_threshold, threshold_guard["criterion"]
+    if not part_fit.folds:
+        return [f"too few patients of a class for cross-validation: fit not judged, plain mean at {t_plain:g}"]
+    notes = []
+    w = part_fit.guard
+    if not part_fit.weights_kept:
+        cv, plain = w["fitted_cv"], w["plain"]
+        notes.append(
+            f"fitted weights not kept: cross-validated log loss {cv['log_loss']:.3f} vs plain {plain['log_loss']:.3f}, "
+            f"AUC {_num(cv['auc'])} vs {_num(plain['auc'])}: plain mean"
+        )
+    elif threshold_guard["weights_dropped"]:
+        notes.append(
+            f"fitted weights dropped: cross-validated {crit} at {t_plain:g} "
+            f"{threshold_guard['weights_at_plain_threshold_cv']:.3f} < plain mean's {threshold_guard['plain']:.3f}"
+        )
+    if settings.threshold_rule != "fixed" and not threshold_guard["kept"]:
+        best = max(
+            v for v in (threshold_guard["plain"], threshold_guard["weights_at_plain_threshold_cv"]) if v is not None
+        )
+        notes.append(
+            f"own threshold not kept: cross-validated {crit} {_num(threshold_guard['fitted_cv'])} <= "
+            f"{best:.3f} at {t_plain:g}: threshold {t_plain:g}"
+        )
+    return notes
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _plain_part(

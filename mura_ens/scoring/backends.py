@@ -38,7 +38,11 @@ class LocalBackend:
     without pickling pixels between processes, and the sessions (with their
     own intra-op thread pool) exist once. At most ``prefetch`` batches are
     decoded ahead of inference, so memory is bounded by
-    ``(prefetch + 1) x batch_size`` resized images whatever the input size.
+    ``(prefetch + 1) x batch_size`` resized images whatever the input size,
+    plus the full-size images being decoded at that moment, which all threads
+    hold within one byte budget (:data:`mura_ens.data.images.DECODE_BUDGET`:
+    a thread whose image does not fit waits; one too large for the per-image
+    cap is ``too_large`` without being decoded).
     """
 
     name = "local"

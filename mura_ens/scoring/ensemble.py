@@ -163,7 +163,7 @@ def study_table(
     scored.loc[scored["status"] != OK, cols] = np.nan
     studies = study_probabilities(scored, prob_cols=cols)
     n_scored = (scored["status"] == OK).groupby(scored["study"], sort=False).sum()
-    studies.insert(studies.columns.get_loc("n_images") + 1, "n_scored", studies["study"].map(n_scored).astype("int64"))
+    studies.insert(_column_index(studies, "n_images") + 1, "n_scored", studies["study"].map(n_scored).astype("int64"))
 
     # Studies that have no counted image row (empty study folders) still get a row.
     all_studies = pd.unique(images["study"].astype("string").fillna("").to_numpy(dtype=object))
@@ -177,7 +177,7 @@ def study_table(
                 "body_part": [first.at[s, "body_part"] for s in missing],
                 "n_images": 0,
                 "n_scored": 0,
-                "label": pd.array([first.at[s, "label"] for s in missing], dtype="Int64"),
+                "label": pd.Series([first.at[s, "label"] for s in missing], dtype="Int64"),
             }
         )
         studies = pd.concat([studies, extra], ignore_index=True)
@@ -218,3 +218,8 @@ def _combine(
     if ensemble == FITTED:
         prob = _fitted(fitted).apply(studies)[0]
     return prob, status
+
+
+def _column_index(frame: pd.DataFrame, column: str) -> int:
+    """Position of a column of unique name (``get_loc`` is typed to also return slices and masks)."""
+    return int(frame.columns.get_loc(column))  # type: ignore[arg-type]

@@ -102,11 +102,11 @@ def prepare_batch(tasks: Sequence[ImageTask], config: RunnerConfig) -> PreparedB
 
     A bad image gets its :class:`~mura_ens.data.images.ImageError` status
     (``unreadable``, ``not_an_image``, ``truncated``, ``empty_file``,
-    ``too_large``) and the error text; any other exception while reading one
+    ``too_large``: over the pixel or the byte cap) and the error text; any other exception while reading one
     image is recorded as ``unreadable`` rather than stopping the run. An image
     no model serves is not decoded at all (``no_model_for_body_part``).
     """
-    from ..data.images import ImageError, decode, resize_rgb
+    from ..data.images import ImageError, decoded, resize_rgb
 
     tasks = list(tasks)
     rows: list[dict] = []
@@ -122,8 +122,8 @@ def prepare_batch(tasks: Sequence[ImageTask], config: RunnerConfig) -> PreparedB
             row["error"] = f"no generalist model and no specialist for {part}"
             continue
         try:
-            image = decode(task.path)
-            resized = {key: resize_rgb(image, *key) for key in dict.fromkeys(m.input_key for m in models)}
+            with decoded(task.path) as image:  # its bytes of the shared decode budget, until resized
+                resized = {key: resize_rgb(image, *key) for key in dict.fromkeys(m.input_key for m in models)}
         except ImageError as exc:
             row["status"], row["error"] = exc.status, exc.detail or str(exc)
             continue
@@ -133,8 +133,8 @@ def prepare_batch(tasks: Sequence[ImageTask], config: RunnerConfig) -> PreparedB
         for key, pixels in resized.items():
             arrays.setdefault(key, []).append(pixels)
             slots.setdefault(key, []).append(pos)
-    pixels = {key: np.stack(stack) for key, stack in arrays.items()}
-    return PreparedBatch(tasks=tasks, rows=rows, pixels=pixels, slots=slots)
+    stacked = {key: np.stack(stack) for key, stack in arrays.items()}
+    return PreparedBatch(tasks=tasks, rows=rows, pixels=stacked, slots=slots)
 
 
 def infer_batch(prepared: PreparedBatch, config: RunnerConfig) -> list[dict]:

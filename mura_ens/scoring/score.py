@@ -54,6 +54,7 @@ from .ensemble import (
     study_table,
 )
 from .journal import Journal, open_journal, run_fingerprint
+from .lock import OutputLock
 from .models import PRECISIONS, ModelSpec, load_models
 from .progress import progress_bar, wants_progress
 from .runner import OK, TTAS, ImageTask, RunnerConfig, plan_batches
@@ -166,7 +167,7 @@ class ScoreSettings:
 
 
 def _is_count(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
 
 @dataclass
@@ -186,6 +187,9 @@ class ScoreResult:
     notes: list[str] = field(default_factory=list)
     tta: str = "none"
     ensemble_file: Path | None = None
+    #: Studies without one of the seven body parts, by the ``XR_*`` folder they are in
+    #: (:func:`mura_ens.data.layout.unknown_parts`; ``""``: no body-part folder).
+    unknown_parts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,7 @@ def score(
         A MURA-layout folder (any depth), a folder holding the official CSVs,
         or a manifest CSV (:func:`mura_ens.data.manifest.scan_source`).
     out
-        Output folder (created).
+        Output folder (created), locked for the run (:class:`~mura_ens.scoring.lock.OutputLock`).
     models_dir, model_files
         Where the models are: every ``*.onnx`` under ``models_dir`` and/or the
         given files (:func:`~mura_ens.scoring.models.discover_model_files`).
@@ -266,16 +270,29 @@ def score(
     UsageError
         A missing input, no models, a model with the wrong input, a manifest
         missing columns, an ensemble file whose members are not the models
-        found, an ONNX Runtime error while a model runs. Bad *images* never
+        found, an ONNX Runtime error while a model runs, an output folder that
+        cannot be created or written (:class:`~mura_ens.io.OutputError`) or that
+        another run holds (:class:`~mura_ens.scoring.lock.OutputLocked`, naming
+        its PID; checked before any model is loaded). Bad *images* never
         raise: they get a status in ``images.csv`` (``model_error`` when a model
         gives one a NaN or a value outside [0, 1]).
     """
     settings = settings if settings is not None else ScoreSettings()
-    run = _prepare(Path(input), Path(out), models_dir, model_files, settings)
-    if backend is None:
-        backend = make_backend("local", workers=settings.decode_workers)
-    run.out.mkdir(parents=True, exist_ok=True)
-    journal, done_rows, notes = _open_journal(run)
+    input_path, out_path = Path(input), Path(out)
+    _check_paths(input_path, out_path)
+    with OutputLock(out_path) as lock:  # one run per output folder, from before the first model load
+        run = _prepare(input_path, out_path, models_dir, model_files, settings)
+        if backend is None:
+            backend = make_backend("local", workers=settings.decode_workers)
+        return _score_prepared(run, backend, progress, lock.notes)
+
+
+def _score_prepared(run: _Run, backend: Backend, progress: bool | None, notes: list[str]) -> ScoreResult:
+    """The run once prepared (and its output folder locked): journal, batches, tables, metrics, files."""
+    from ..data.layout import unknown_parts
+
+    journal, done_rows, journal_notes = _open_journal(run)
+    notes = [*notes, *journal_notes]
     try:
         scored = _run_batches(run, backend, journal, done_rows, progress)
     finally:
@@ -283,9 +300,11 @@ def score(
     images, studies = _tables(run, scored)
     metrics = _metrics(run, images, studies)
     images = images.drop(columns=["counted"])
+    unknown = unknown_parts(images)
     written = _write_tables(run, images, studies, metrics, notes)
-    written["report"] = _write_report(run, images, studies, metrics, backend.name)
+    written["report"] = _write_report(run, (images, studies, metrics), backend.name, unknown)
     journal.remove()
+    settings = run.settings
     return ScoreResult(
         images=images,
         studies=studies,
@@ -300,17 +319,22 @@ def score(
         notes=notes,
         tta=settings.tta,
         ensemble_file=run.fitted.path if run.fitted is not None else None,
+        unknown_parts=unknown,
     )
 
 
-def _prepare(input_path: Path, out: Path, models_dir, model_files, settings: ScoreSettings) -> _Run:
-    """Check the paths, resolve providers and threshold, load the models (each session once), scan the input."""
-    from ..data.manifest import scan_source
-
+def _check_paths(input_path: Path, out: Path) -> None:
+    """The checks that need nothing loaded: the input exists, ``--out`` is not a file."""
     if not input_path.exists():
         raise UsageError(f"input not found: {input_path}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out must be a folder, got a file: {out}")
+
+
+def _prepare(input_path: Path, out: Path, models_dir, model_files, settings: ScoreSettings) -> _Run:
+    """Resolve providers and threshold, load the models (each session once), scan the input."""
+    from ..data.manifest import scan_source
+
     providers = resolve_providers(settings.providers)
     models = load_models(models_dir, model_files, precision=settings.precision)
     check_ensemble(settings.ensemble, models)
@@ -319,8 +343,7 @@ def _prepare(input_path: Path, out: Path, models_dir, model_files, settings: Sco
     scan = scan_source(input_path)
     manifest = scan.manifest.reset_index(drop=True)
     if manifest.empty:
-        skipped = len(scan.skipped)
-        raise UsageError(f"no images found in {input_path}" + (f" ({skipped} files skipped)" if skipped else ""))
+        raise UsageError(f"no images found in {input_path}{_skipped_text(scan.skipped)}")
     if fitted is not None:
         fitted = _with_overlap(fitted, manifest["study"])
     run = _Run(input_path, out, settings, models, threshold, providers, manifest, scan.skipped, fitted)
@@ -330,10 +353,23 @@ def _prepare(input_path: Path, out: Path, models_dir, model_files, settings: Sco
     return run
 
 
-def _load_fitted(path: Path, models: Sequence[ModelSpec]) -> _FittedFile:
+def _skipped_text(skipped) -> str:
+    """``: 3 files skipped: outside_study_folder 3 (image file not directly inside ...)``, or ""."""
+    from ..data.layout import SKIP_REASONS
+
+    if not len(skipped):
+        return ""
+    counts = skipped["reason"].value_counts().sort_index()
+    reasons = "; ".join(f"{reason} {n} ({SKIP_REASONS.get(reason, reason)})" for reason, n in counts.items())
+    return f": {len(skipped)} files skipped: {reasons}"
+
+
+def _load_fitted(path: str | os.PathLike[str] | None, models: Sequence[ModelSpec]) -> _FittedFile:
     """Read ``ensemble.json`` and check that its members are exactly the models found (name and sha256)."""
     from ..fitting.ensemble import FittedEnsemble
 
+    if path is None:
+        raise UsageError("--ensemble fitted needs --ensemble-file ensemble.json")
     ensemble = FittedEnsemble.load(path)
     try:
         ensemble.check_members({m.name: m.sha256 for m in models})
@@ -492,18 +528,22 @@ def _write_tables(run: _Run, images, studies, metrics: dict | None, notes: list[
     return written
 
 
-def _write_report(run: _Run, images, studies, metrics: dict | None, backend: str) -> Path:
-    """``report.html``: the tables, the metrics as given, failed inputs and the run's provenance."""
+def _write_report(run: _Run, tables: tuple, backend: str, unknown: dict[str, int]) -> Path:
+    """``report.html``: the tables, the metrics as given, failed inputs, unknown body parts and the provenance."""
     from ..report import write_report
 
+    images, studies, metrics = tables
     failed = images.loc[images["status"] != OK, ["path", "study", "body_part", "status", "error"]]
+    provenance = _provenance(run, backend)
+    if unknown:  # absent otherwise: the report of an ordinary run is unchanged
+        provenance["unknown_body_parts"] = unknown
     return write_report(
         run.out / REPORT_FILE,
         studies=studies,
         images=images,
         metrics=metrics,
         models=[_model_info(m) for m in run.models],
-        provenance=_provenance(run, backend),
+        provenance=provenance,
         failed=failed,
     )
 
@@ -572,8 +612,8 @@ def image_table(manifest, skipped, scored: ScoredRows, models: Sequence[ModelSpe
         )
         frame = pd.concat([frame, extra[frame.columns]], ignore_index=True)
 
-    probs = image_probabilities(frame, models, ensemble=ensemble, fitted=fitted)
-    frame.insert(frame.columns.get_loc("status"), "prob", probs)
+    ensemble_probs = image_probabilities(frame, models, ensemble=ensemble, fitted=fitted)
+    frame.insert(list(frame.columns).index("status"), "prob", ensemble_probs)
     for column in ("path", "study", "patient", "body_part", "status", "error"):
         frame[column] = frame[column].astype("str")
     return frame

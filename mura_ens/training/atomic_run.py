@@ -35,10 +35,8 @@ from .. import console
 from ..constants import DEBUG_ENV
 from ..errors import RunFailed, UsageError
 from ..io import atomic_write_json
-from ..run_folder import CARD_FILE
+from ..run_folder import CARD_FILE, PARTIAL_INFIX, parse_partial_name
 
-#: ``.<final name>.partial-<pid>``: the infix that marks a run folder under construction.
-PARTIAL_INFIX = ".partial-"
 #: The marker inside a partial folder: who builds it, for which final name and configuration.
 MARKER_FILE = ".mura-ens-partial.json"
 
@@ -46,19 +44,6 @@ MARKER_FILE = ".mura-ens-partial.json"
 def partial_name(final_name: str, pid: int) -> str:
     """The hidden folder name a run to be called ``final_name`` is built in by process ``pid``."""
     return f".{final_name}{PARTIAL_INFIX}{int(pid)}"
-
-
-def parse_partial_name(name: str) -> tuple[str, int] | None:
-    """``(final name, pid)`` of a partial folder name, or None for any other name."""
-    if not name.startswith(".") or PARTIAL_INFIX not in name:
-        return None
-    final, _, pid = name[1:].rpartition(PARTIAL_INFIX)
-    return (final, int(pid)) if final and pid.isdigit() else None
-
-
-def is_partial_run_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is named like a run folder under construction (``.<name>.partial-<pid>``)."""
-    return parse_partial_name(Path(path).name) is not None
 
 
 def fingerprint(text: str) -> str:

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,9 +19,11 @@ from .history import HISTORY_COLUMNS, history_tsv, progress_line
 from .tf_runtime import import_tensorflow
 
 tf, keras = import_tensorflow()
+# Keras is untyped here (no stubs): its base class is taken as an Any-typed name mypy can subclass.
+_Callback: Any = keras.callbacks.Callback
 
 
-class EpochLog(keras.callbacks.Callback):
+class EpochLog(_Callback):
     """Appends one row per epoch, rewrites ``history.tsv`` atomically and echoes a progress line.
 
     A run killed mid-way still leaves the curve data of its finished epochs.
@@ -50,7 +53,7 @@ class EpochLog(keras.callbacks.Callback):
         self.rows.append(row)
         val_loss = row.get("val_loss")
         improved = val_loss is not None and math.isfinite(val_loss) and val_loss < self.best
-        if improved:
+        if improved and val_loss is not None:
             self.best = val_loss
         atomic_write_text(self.path, history_tsv(self.rows))
         if epoch == 0 and self.on_first_epoch is not None:
@@ -59,7 +62,7 @@ class EpochLog(keras.callbacks.Callback):
             self.echo(progress_line(row, self.epochs, best=improved))
 
 
-class BestCheckpoint(keras.callbacks.Callback):
+class BestCheckpoint(_Callback):
     """Saves the whole model to ``path`` (``.keras``) whenever ``val_loss`` improves, atomically."""
 
     def __init__(self, path: Path, monitor: str = "val_loss"):

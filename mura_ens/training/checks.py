@@ -3,7 +3,8 @@
 Refusals (:class:`~mura_ens.errors.UsageError`: one line, exit code 2, no run folder kept):
 
 - before anything is built: a training fold with fewer than :data:`MIN_TRAIN_IMAGES` images or
-  with one class only (:func:`check_train_fold`); ``--cache`` naming a file (:func:`check_cache_path`);
+  with one class only (:func:`check_train_fold`); ``--out`` or ``--cache`` naming a file
+  (:func:`check_out_path`, :func:`check_cache_path`);
 - after the first epoch, when every image has been read once (:func:`check_loaded`): a training
   fold with no readable image, fewer than :data:`MIN_TRAIN_IMAGES` readable ones or readable
   images of one class only, and a validation fold with no readable image.
@@ -17,13 +18,15 @@ the test set (MURA ``valid``), images dropped per fold because they could not be
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
 
+from .. import console
 from ..errors import UsageError
 
 #: The fewest training images (that load) a run accepts: a floor against training on nothing, not a recommendation.
@@ -36,10 +39,37 @@ class TrainingWarning(UserWarning):
     """Something about a training run the user must hear about; also recorded in ``card.json`` ``notes``."""
 
 
+@contextlib.contextmanager
+def training_warnings_as_lines(prefix: str = "mura-ens: warning: ") -> Iterator[None]:
+    """Inside the block, show each :class:`TrainingWarning` at once as one ``prefix + message`` line on stderr
+    (every one, even repeated); other warnings are shown as usual. Used by ``mura-ens train`` (and the demo)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TrainingWarning)
+        show = warnings.showwarning
+
+        def one_line(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, TrainingWarning):
+                return show(message, category, filename, lineno, file, line)
+            console.echo(f"{prefix}{message}")
+
+        warnings.showwarning = one_line
+        yield
+
+
 def warn(notes: list[str], text: str) -> None:
     """Emit ``text`` as a :class:`TrainingWarning` and keep it in ``notes`` (the card's)."""
     notes.append(text)
     warnings.warn(text, TrainingWarning, stacklevel=2)
+
+
+def check_out_path(out: str | os.PathLike) -> None:
+    """``--out`` must be a folder (made when missing), never a file: checked before anything is created."""
+    path = Path(out)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UsageError(f"--out {path}: {folder} is a file, not a folder")
+            return
 
 
 def check_cache_path(cache: str | os.PathLike | None) -> None:

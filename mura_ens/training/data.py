@@ -145,7 +145,8 @@ def limit_images(frame: pd.DataFrame, max_images: int | None, *, seed: int = 0) 
             continue
         sizes = rows.groupby("study", sort=True).size()
         order = rng.permutation(len(sizes))
-        chosen, total = [], 0
+        chosen: list[str] = []
+        total = 0
         for index in order:
             study, size = sizes.index[index], int(sizes.iloc[index])
             if total + size <= max_images or not chosen:

@@ -260,8 +260,7 @@ def load_parity_batch(run_dir: str | Path) -> tuple[np.ndarray, list[str]]:
 def require_finished_run(run_dir: str | Path) -> Path:
     """``run_dir`` as a Path when it is a finished run; one-line :class:`UsageError` for a run being built or
     killed (a hidden ``.<name>.partial-<pid>`` folder, or a run folder without ``card.json``)."""
-    from ..run_folder import is_unfinished_run
-    from .atomic_run import is_partial_run_dir
+    from ..run_folder import is_partial_run_dir, is_unfinished_run
 
     run_dir = Path(run_dir)
     if run_dir.is_dir() and is_partial_run_dir(run_dir):

@@ -96,8 +96,7 @@ def plot_curves(rows: list[dict], path: str | Path, *, title: str = "", weighted
     ):
         axes = figure.add_subplot(1, 3, index + 1)
         for prefix, style, name in (("", "-o", "train"), ("val_", "-s", "val")):
-            values = [row.get(prefix + key) for row in rows]
-            values = [math.nan if v is None else v for v in values]
+            values = [math.nan if row.get(prefix + key) is None else float(row[prefix + key]) for row in rows]
             axes.plot(epochs, values, style, markersize=3, label=name)
         axes.set_xlabel("epoch")
         axes.set_title(label)

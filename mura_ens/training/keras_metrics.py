@@ -8,14 +8,20 @@ Imports Keras at module level: import this module only inside functions.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .tf_runtime import import_tensorflow
 
 tf, keras = import_tensorflow()
 ops = keras.ops
+# Keras is untyped here (no stubs): its base classes are taken as Any-typed names mypy can subclass.
+_AUC: Any = keras.metrics.AUC
+_BinaryAccuracy: Any = keras.metrics.BinaryAccuracy
+_Metric: Any = keras.metrics.Metric
 
 
 @keras.saving.register_keras_serializable(package="mura_ens")
-class UnweightedAUC(keras.metrics.AUC):
+class UnweightedAUC(_AUC):
     """ROC AUC (Keras' 200-threshold approximation), ignoring sample weights; NaN (undefined) unless both
     classes were seen (Keras itself would report 0)."""
 
@@ -30,7 +36,7 @@ class UnweightedAUC(keras.metrics.AUC):
 
 
 @keras.saving.register_keras_serializable(package="mura_ens")
-class UnweightedAccuracy(keras.metrics.BinaryAccuracy):
+class UnweightedAccuracy(_BinaryAccuracy):
     """Accuracy at threshold 0.5 (``prob > 0.5``), ignoring sample weights."""
 
     def update_state(self, y_true, y_pred, sample_weight=None):
@@ -38,7 +44,7 @@ class UnweightedAccuracy(keras.metrics.BinaryAccuracy):
 
 
 @keras.saving.register_keras_serializable(package="mura_ens")
-class BinaryKappa(keras.metrics.Metric):
+class BinaryKappa(_Metric):
     """Cohen's kappa of ``prob > threshold`` against 0/1 labels, from a running confusion matrix.
 
     Equals ``sklearn.metrics.cohen_kappa_score`` on the same rows; NaN where

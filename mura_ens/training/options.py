@@ -176,8 +176,8 @@ class TrainOptions:
             resize_policy=self.resize_policy,
             threshold=DEFAULT_THRESHOLD,
             strategy=self.strategy,
-            cache=self.cache,
-            init_from=self.init_from,
+            cache=None if self.cache is None else str(self.cache),
+            init_from=None if self.init_from is None else str(self.init_from),
         )
 
 

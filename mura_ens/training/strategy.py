@@ -293,6 +293,7 @@ def make_strategy(requested: str, *, gpus: Sequence[str], task: ClusterTask | No
             requested, name, strategy, replicas=int(strategy.num_replicas_in_sync), devices=devices, notes=tuple(notes)
         )
     # MultiWorkerMirroredStrategy reads TF_CONFIG itself; ours was checked above, one line per problem.
+    assert task is not None  # read from TF_CONFIG above for multiworker
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     return StrategySetup(
         requested,
@@ -386,7 +387,7 @@ def prepare_model(model, setup: StrategySetup) -> None:
 
         return tf.nest.map_structure(reduce_one, values)
 
-    reduce_per_replica._mura_ens_scalar_fix = True
+    reduce_per_replica._mura_ens_scalar_fix = True  # type: ignore[attr-defined]  # marks the patch as applied
     keras_tf_trainer.reduce_per_replica = reduce_per_replica
 
 

@@ -12,13 +12,14 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import MissingExtraError
 
 _IMPORTED = False
 
 
-def import_tensorflow():
+def import_tensorflow() -> tuple[Any, Any]:
     """Import and return ``(tensorflow, keras)`` with TF's start-up logs silenced.
 
     Sets ``TF_CPP_MIN_LOG_LEVEL=3`` unless the user set it. TF 2.21 prints
@@ -28,8 +29,13 @@ def import_tensorflow():
     Raises :class:`MissingExtraError` when the [train] extra is missing.
     """
     global _IMPORTED
+    if _IMPORTED:  # the usual call, also from functions AutoGraph traces (augment_batch in Dataset.map):
+        import keras  # nothing here for AutoGraph to convert; converting os.environ.setdefault fails with a
+        import tensorflow as tf  # warning that prints the whole environment in an interactive session
+
+        return tf, keras
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if _IMPORTED or "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules:
         import keras
         import tensorflow as tf
 
@@ -54,7 +60,7 @@ class _stderr_silenced:
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self._saved = None
+        self._saved: int | None = None
 
     def __enter__(self):
         if not self.enabled:

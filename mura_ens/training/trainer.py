@@ -5,6 +5,9 @@ One run folder per model (DESIGN.md "Model artifacts"; file names from
 ``evaluation.json`` (test fold), ``card.json``, ``model.onnx`` (+
 ``parity_batch.npz``, the real images the ONNX parity check ran on). A
 specialist family gives one run per body part present in the training fold.
+A run is built in a hidden sibling folder and renamed into place once its
+``card.json`` is written (:mod:`.atomic_run`); what training refuses and warns
+about is :mod:`.checks`, the memory guard :mod:`.resources` (docs/failures.md).
 
 Order of work, so that mistakes cost seconds, not epochs: options are checked
 when the :class:`~mura_ens.training.options.TrainOptions` is made, plugin
@@ -30,7 +33,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -49,7 +52,16 @@ from ..run_folder import (
     write_card,
 )
 from .atomic_run import PartialRun, building_run, choose_run_name, fingerprint
-from .checks import check_cache_path, check_loaded, check_train_fold, dropped_text, fold_warnings, used_rows, warn
+from .checks import (
+    check_cache_path,
+    check_loaded,
+    check_out_path,
+    check_train_fold,
+    dropped_text,
+    fold_warnings,
+    used_rows,
+    warn,
+)
 from .class_weights import class_weight_table, sample_weights
 from .data import TrainingData, fold_counts, load_training_data, model_rows
 from .export import export_model, save_parity_batch
@@ -171,19 +183,24 @@ def train(
     Raises
     ------
     UsageError
-        Bad options, unknown plugin or parameter, unusable data, offline
-        ``--weights imagenet``; :class:`~mura_ens.training.export.ParityError`
+        Bad options, unknown plugin or parameter, unusable data (a training
+        fold too small, of one class or unreadable: :mod:`.checks`), a step
+        far above the available memory (:mod:`.resources`), offline
+        ``--weights imagenet``; nothing of a failed run is left on disk; :class:`~mura_ens.training.export.ParityError`
         when the ONNX export disagrees with Keras.
     """
     if overrides:
         options = replace(options, **overrides) if options is not None else TrainOptions(**overrides)
     options = options if options is not None else TrainOptions()
     started = time.perf_counter()
+    check_out_path(out)
     job = _prepare(_plugin_object(plugin), data, options)
-    runs = []
+    runs: list[Path] = []
     for plan in job.plans:
         if job.distribution.is_chief:
-            runs.append(_train_one(plan, job, Path(out).absolute()))
+            run = _train_one(plan, job, Path(out).absolute())
+            if run is not None:
+                runs.append(run)
             continue
         # A non-chief worker trains in step with the chief but keeps nothing: its callbacks write
         # (Keras checkpoints must run on every worker) into a scratch folder removed afterwards.
@@ -203,7 +220,7 @@ def _prepare(plugin: Any, data: str | os.PathLike | pd.DataFrame, options: Train
     cluster_task = read_tf_config() if options.strategy == "multiworker" else None
     if echo and cluster_task is not None:
         echo = _prefixed(echo, f"[{cluster_task.label}] ")
-    builder, base_name, hyper = _resolve_builder(plugin, options.base, options.params)
+    builder, base_name, hyper = _resolve_builder(plugin, options.base, cast(Mapping[str, Any], options.params))
     warm_start, hyper, config = _model_settings(options, builder, hyper)
     check_cache_path(config.cache)  # before anything is created
     scan_start = time.perf_counter()
@@ -441,10 +458,13 @@ def _is_download_failure(exc: BaseException) -> bool:
     import urllib.error
 
     seen = 0
-    while exc is not None and seen < 10:
-        if "URL fetch failure" in str(exc) or isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError)):
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if "URL fetch failure" in str(current) or isinstance(
+            current, (urllib.error.URLError, ConnectionError, TimeoutError)
+        ):
             return True
-        exc = exc.__cause__ or exc.__context__
+        current = current.__cause__ or current.__context__
         seen += 1
     return False
 
@@ -933,11 +953,11 @@ def evaluate_fold(model, rows: pd.DataFrame, config: RunConfig, failures) -> tup
     return metrics, sorted({str(w.message) for w in caught})
 
 
-def library_versions(plugin: Any = None) -> dict[str, str]:
+def library_versions(plugin: Any = None) -> dict[str, str | None]:
     """Versions of Python, mura-ens, the ML stack and the plugin's distribution."""
     from importlib import metadata
 
-    versions = {"python": platform.python_version(), "mura_ens": __version__}
+    versions: dict[str, str | None] = {"python": platform.python_version(), "mura_ens": __version__}
     for package in (
         "tensorflow",
         "keras",

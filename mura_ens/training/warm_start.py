@@ -62,9 +62,9 @@ class WarmStart:
         """``lr`` when given, else :data:`WARM_START_LR_FACTOR` x the source run's learning rate."""
         return float(lr) if lr is not None else WARM_START_LR_FACTOR * self.source_lr
 
-    def hyper_overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The source run's plugin parameters updated with the user's ``params`` (a family's ``base`` left out)."""
-        return {**self.params, **{key: value for key, value in params.items() if key != "base"}}
+    def hyper_overrides(self, params: Any) -> dict[str, Any]:
+        """The source run's plugin parameters updated with the user's ``params`` mapping (a family's ``base`` left out)."""
+        return {**self.params, **{key: value for key, value in dict(params or {}).items() if key != "base"}}
 
     def card_section(self, *, lr: float, lr_given: bool) -> dict[str, Any]:
         """What ``card.json`` records under ``init_from``: where the weights came from and the fine-tuning lr."""

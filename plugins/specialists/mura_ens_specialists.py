@@ -4,6 +4,11 @@
 plugin once per body part present in the data; every exported model carries
 its part in the ONNX ``body_parts`` metadata, so scoring applies it only to
 that part. ``--param`` values go to the base plugin.
+
+``--init-from RUN_DIR`` starts every part's model from the ``best.keras``
+weights of a finished run of the base plugin (a generalist) at the same input
+size and fine-tunes it on the part's studies, by default at 0.1 x that run's
+learning rate (:mod:`mura_ens.training.warm_start`, docs/plugins.md).
 """
 
 from __future__ import annotations
