@@ -21,13 +21,14 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import MissingExtraError, UsageError
 from .runs import Run, load_run
 
 if TYPE_CHECKING:  # heavy modules are imported inside the functions
     import pandas as pd
+    from _typeshed import DataclassInstance
 
     from .fitting import FitSettings, FittedEnsemble
     from .metrics import BootstrapSettings
@@ -45,6 +46,8 @@ QUANTIZE_MODES: tuple[str, ...] = ("int8",)
 TRAIN_MODULES: tuple[str, ...] = ("tensorflow", "keras", "tf2onnx")
 #: CLI spellings accepted by :func:`train` besides the :class:`TrainOptions` field names.
 _TRAIN_ALIASES = {"param": "params"}
+#: A settings dataclass that :func:`train_options` and :func:`score_settings` fill from keywords.
+_Settings = TypeVar("_Settings", bound="DataclassInstance")
 
 
 def list_plugins() -> list[dict[str, Any]]:
@@ -119,12 +122,7 @@ def train_options(options: TrainOptions | None = None, **overrides: Any) -> Trai
     fields = {_TRAIN_ALIASES.get(key, key): value for key, value in overrides.items()}
     if "quiet" in fields:
         fields["progress"] = not fields.pop("quiet")
-    unknown = sorted(set(fields) - set(TrainOptions.__dataclass_fields__))
-    if unknown:
-        raise TypeError(f"train() got unknown option(s): {', '.join(unknown)}")
-    if options is None:
-        return TrainOptions(**fields)
-    return replace(options, **fields) if fields else options
+    return _overridden(TrainOptions, options, fields, "train")
 
 
 def require_train_extra() -> None:
@@ -285,12 +283,17 @@ def score_settings(settings: ScoreSettings | None = None, **options: Any) -> Sco
 
     if "bootstrap" in options:
         options["bootstrap"] = bootstrap_settings(options["bootstrap"])
-    unknown = sorted(set(options) - set(ScoreSettings.__dataclass_fields__))
+    return _overridden(ScoreSettings, settings, options, "score")
+
+
+def _overridden(cls: type[_Settings], base: _Settings | None, fields: dict[str, Any], call: str) -> _Settings:
+    """``base`` (default ``cls()``) with ``fields`` replaced, checked on construction; ``TypeError`` names unknown keys."""
+    unknown = sorted(set(fields) - set(cls.__dataclass_fields__))
     if unknown:
-        raise TypeError(f"score() got unknown option(s): {', '.join(unknown)}")
-    if settings is None:
-        return ScoreSettings(**options)
-    return replace(settings, **options) if options else settings
+        raise TypeError(f"{call}() got unknown option(s): {', '.join(unknown)}")
+    if base is None:
+        return cls(**fields)
+    return replace(base, **fields) if fields else base
 
 
 def bootstrap_settings(bootstrap: BootstrapSettings | int, seed: int = 0) -> BootstrapSettings:

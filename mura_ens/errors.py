@@ -45,7 +45,7 @@ class MissingExtraError(UsageError, ImportError):
         self.extra = extra
         super().__init__(f"{what} needs the [{extra}] extra: pip install 'mura-ens[{extra}]'")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
         return type(self), (self.what, self.extra)
 
 

@@ -22,6 +22,7 @@ also an ``OSError``.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -150,6 +151,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_write_csv(path: str | os.PathLike, frame) -> Path:
     """Write a pandas DataFrame as CSV (no index) atomically; read it back with :func:`read_csv_text`."""
     return _atomic(path, lambda fh: frame.to_csv(fh, index=False, lineterminator="\n"), "w")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_csv_text(path: str | os.PathLike, **kwargs):

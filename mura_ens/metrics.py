@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sklearn.exceptions import UndefinedMetricWarning as _SklearnUndefinedMetricWarning
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
@@ -134,7 +135,7 @@ NO_BOOTSTRAP = BootstrapSettings(n_resamples=0)
 # --------------------------------------------------------------------------
 
 
-def resampled_auc(y_true, y_prob, indices) -> np.ndarray:
+def resampled_auc(y_true: ArrayLike, y_prob: ArrayLike, indices: np.ndarray) -> np.ndarray:
     """ROC AUC of every resample at once.
 
     Parameters
@@ -174,7 +175,7 @@ def resampled_auc(y_true, y_prob, indices) -> np.ndarray:
     return auc
 
 
-def resampled_kappa(y_true, y_pred, indices) -> np.ndarray:
+def resampled_kappa(y_true: ArrayLike, y_pred: ArrayLike, indices: np.ndarray) -> np.ndarray:
     """Cohen's kappa of every resample at once, from its 2x2 confusion counts.
 
     Parameters are as in :func:`resampled_auc`, with ``y_pred`` the 0/1
@@ -200,7 +201,11 @@ def resampled_kappa(y_true, y_pred, indices) -> np.ndarray:
 
 
 def bootstrap_intervals(
-    y_true, y_prob, *, threshold: float | np.ndarray = 0.5, bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
+    *,
+    threshold: float | np.ndarray = 0.5,
+    bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP,
 ) -> dict[str, list[float | None]]:
     """Seeded percentile bootstrap intervals for kappa and ROC AUC.
 
@@ -251,8 +256,8 @@ def _percentile_interval(values: np.ndarray, alpha: float) -> list[float | None]
 
 
 def binary_metrics(
-    y_true,
-    y_prob,
+    y_true: ArrayLike,
+    y_prob: ArrayLike,
     *,
     threshold: float | np.ndarray = 0.5,
     bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP,
@@ -320,7 +325,7 @@ def binary_metrics(
     return result
 
 
-def _checked_arrays(y_true, y_prob, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _checked_arrays(y_true: ArrayLike, y_prob: ArrayLike, name: str) -> tuple[np.ndarray, np.ndarray]:
     """``(labels as int64, probabilities as float64)``; ValueError naming ``name`` for unusable input."""
     y_true = np.asarray(y_true)
     y_prob = np.asarray(y_prob, dtype=np.float64)
@@ -550,7 +555,12 @@ def build_metrics(
     levels = {"study": studies} if images is None else {"study": studies, "image": images}
     info = EnsembleInfo(ensemble) if isinstance(ensemble, str) else ensemble
 
-    def both(column: str, rows=lambda frame: frame, prefix: str = "", cut: Any = threshold) -> dict[str, Any]:
+    def both(
+        column: str,
+        rows: Callable[[pd.DataFrame], pd.DataFrame] = lambda frame: frame,
+        prefix: str = "",
+        cut: Any = threshold,
+    ) -> dict[str, Any]:
         return {
             level: grouped_metrics(
                 rows(frame), prob_col=column, threshold=cut, bootstrap=bootstrap, name=prefix + level
@@ -715,7 +725,7 @@ def format_metric(value: float | None, digits: int = 3, missing: str = "n/a") ->
     return missing if value is None or value != value else f"{value:.{digits}f}"
 
 
-def _fmt_ci(value: float | None, interval, sep: str) -> str:
+def _fmt_ci(value: float | None, interval: Sequence[float | None] | None, sep: str) -> str:
     text = format_metric(value)
     lo, hi = (list(interval) + [None, None])[:2] if interval is not None else (None, None)
     if value is None or lo is None or hi is None:
@@ -750,7 +760,7 @@ def metrics_rows(level: Mapping[str, Any], *, ci_sep: str = ", ") -> list[dict[s
     return rows
 
 
-def format_metrics_table(level: dict[str, Any], *, title: str = "Study-level metrics"):
+def format_metrics_table(level: dict[str, Any], *, title: str = "Study-level metrics") -> Any:
     """A ``rich.table.Table`` of a level (``{"overall", "by_body_part"}``) of ``metrics.json``.
 
     One row per body part and an overall row; a caption counts the rows left

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 
-if TYPE_CHECKING:  # metrics imports scikit-learn: only when called
+if TYPE_CHECKING:  # pandas and metrics (scikit-learn) are imported only when called
+    import pandas as pd
+
     from .metrics import BootstrapSettings, PartThresholds
 
 #: Columns read as text whatever they look like (ids such as "00012" stay intact).
@@ -76,7 +78,7 @@ def evaluate_file(
         raise UsageError(f"{path}: {exc}") from exc
 
 
-def drop_duplicate_rows(frame, source: str | Path = "<predictions>"):
+def drop_duplicate_rows(frame: pd.DataFrame, source: str | Path = "<predictions>") -> pd.DataFrame:
     """``frame`` with each study (image rows: each ``path``) once; see :func:`evaluate_file`.
 
     Identical copies are dropped with one :class:`DuplicateRowsWarning`;

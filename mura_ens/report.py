@@ -37,7 +37,8 @@ import io
 import json
 import math
 import platform
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -397,33 +398,12 @@ def roc_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[
     ``labelled``: the labelled rows of ``studies.csv``; ``model_names``: the
     models whose ``prob__<name>`` columns get a line; AUCs are read from ``metrics``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    parts = _parts(labelled)
-    panels = ["overall"] + sorted(set(parts.tolist()))
-    lines = [(_ensemble_label(metrics), "prob")] + [(n, f"prob__{n}") for n in model_names]
-    lines = [(name, col) for name, col in lines if col in labelled.columns]
-    ncols = min(4, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(3.1 * ncols, 3.1 * nrows), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    labels = _numeric(labelled, "label")
-    all_parts = set(parts.tolist())
-    # A specialist's probabilities cover only its body part: in the overall
-    # panel its curve would describe that part, so it is drawn per part only.
-    covers_all = {col: set(parts[np.isfinite(_numeric(labelled, col))].tolist()) == all_parts for _, col in lines}
-    for ax, panel in zip(axes.flat, panels):
-        mask = np.ones(len(labelled), bool) if panel == "overall" else parts == panel
+    grid = _Panels.of(labelled, model_names, metrics)
+    for ax, panel in grid.cells:
         _roc_axes(ax, panel)
         drawn = 0
-        for i, (name, col) in enumerate(lines):
-            if panel == "overall" and not covers_all[col] and col != "prob":
-                continue
-            probs = _numeric(labelled, col)
-            keep = mask & np.isfinite(probs) & np.isfinite(labels)
-            y, p = labels[keep].astype(int), probs[keep]
+        for i, name, col, labels, probs in grid.series(panel):
+            y, p = labels.astype(int), probs
             if y.size == 0 or y.min() == y.max():
                 continue
             auc = format_metric(_study_auc(metrics, col, panel))
@@ -432,11 +412,60 @@ def roc_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[
         if drawn:
             ax.legend(loc="lower right", fontsize=6, title="AUC", title_fontsize=6, frameon=False)
         else:
-            n = int(mask.sum())
+            n = int(grid.mask(panel).sum())
             ax.text(0.5, 0.5, f"AUC n/a\n(one class, n={n})", ha="center", va="center", fontsize=8, color="0.3")
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    return fig
+    return grid.figure
+
+
+@dataclass(frozen=True)
+class _Panels:
+    """Small multiples: ``overall`` then each body part, one axes each (spare axes hidden), and the lines to draw."""
+
+    figure: Figure
+    cells: list[tuple[Any, str]]  # (axes, panel)
+    lines: list[tuple[str, str]]  # (name, column): the ensemble, then each model that has a column
+    labelled: pd.DataFrame
+    parts: np.ndarray
+    covers_all: dict[str, bool]  # column -> whether it has probabilities in every body part
+
+    @classmethod
+    def of(cls, labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> _Panels:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        parts = _parts(labelled)
+        panels = ["overall"] + sorted(set(parts.tolist()))
+        lines = [(_ensemble_label(metrics), "prob")] + [(n, f"prob__{n}") for n in model_names]
+        lines = [(name, col) for name, col in lines if col in labelled.columns]
+        ncols = min(4, len(panels))
+        nrows = math.ceil(len(panels) / ncols)
+        fig = Figure(figsize=(3.1 * ncols, 3.1 * nrows), dpi=110, layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+        for ax in axes[len(panels) :]:
+            ax.set_visible(False)
+        every = set(parts.tolist())
+        covers = {col: set(parts[np.isfinite(_numeric(labelled, col))].tolist()) == every for _, col in lines}
+        return cls(fig, list(zip(axes, panels)), lines, labelled, parts, covers)
+
+    def mask(self, panel: str) -> np.ndarray:
+        """The rows of ``panel``: all of them for ``overall``, else those of that body part."""
+        return np.ones(len(self.labelled), bool) if panel == "overall" else self.parts == panel
+
+    def series(self, panel: str) -> Iterator[tuple[int, str, str, np.ndarray, np.ndarray]]:
+        """``(index in lines, name, column, labels, probabilities)`` of each line of ``panel``, on its labelled rows.
+
+        A specialist's probabilities cover only its body part: in the overall
+        panel its line would describe that part, so it is drawn per part only.
+        """
+        mask = self.mask(panel)
+        labels = _numeric(self.labelled, "label")
+        for i, (name, col) in enumerate(self.lines):
+            if panel == "overall" and not self.covers_all[col] and col != "prob":
+                continue
+            probs = _numeric(self.labelled, col)
+            keep = mask & np.isfinite(probs) & np.isfinite(labels)
+            yield i, name, col, labels[keep], probs[keep]
 
 
 def _roc_axes(ax, panel: str) -> None:
@@ -719,33 +748,14 @@ def _calibration_section(labelled: pd.DataFrame, model_names: list[str], metrics
 
 def _calibration_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> str:
     """Reliability diagrams per body part and overall, one line per model and the ensemble, as base64 PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    parts = _parts(labelled)
-    panels = ["overall"] + sorted(set(parts.tolist()))
-    lines = [(_ensemble_label(metrics), "prob")] + [(n, f"prob__{n}") for n in model_names]
+    grid = _Panels.of(labelled, model_names, metrics)
     colours = {"prob": "black", **{f"prob__{n}": f"C{i % 10}" for i, n in enumerate(model_names)}}
-    lines = [(name, col) for name, col in lines if col in labelled.columns]
-    ncols = min(4, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(3.1 * ncols, 3.1 * nrows), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    labels = _numeric(labelled, "label")
-    every = set(parts.tolist())
-    covers = {col: set(parts[np.isfinite(_numeric(labelled, col))].tolist()) == every for _, col in lines}
-    for ax, panel in zip(axes.flat, panels):
-        mask = np.ones(len(labelled), bool) if panel == "overall" else parts == panel
+    for ax, panel in grid.cells:
         _reliability_axes(ax, panel)
-        for name, col in lines:
-            if panel == "overall" and not covers[col] and col != "prob":
+        for _, name, col, labels, probs in grid.series(panel):
+            if not labels.size:
                 continue
-            probs = _numeric(labelled, col)
-            keep = mask & np.isfinite(probs) & np.isfinite(labels)
-            if not keep.any():
-                continue
-            xs, ys, brier = reliability_points(labels[keep], probs[keep])
+            xs, ys, brier = reliability_points(labels, probs)
             strong = col == "prob"
             ax.plot(
                 xs,
@@ -759,10 +769,8 @@ def _calibration_figure(labelled: pd.DataFrame, model_names: list[str], metrics:
             )
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=6, title="Brier", title_fontsize=6, framealpha=0.85, edgecolor="0.85")
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    grid.figure.savefig(buffer, format="png")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

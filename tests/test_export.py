@@ -12,13 +12,13 @@ import pytest
 from mura_ens.cli.main import main
 from mura_ens.errors import UsageError
 from mura_ens.registry import get_plugin
+from mura_ens.run_folder import ModelMetadata
 from mura_ens.training import export_run, train
 from mura_ens.training.export import (
     ParityError,
     export_model,
     float32_model,
     load_parity_batch,
-    onnx_metadata,
     read_onnx_metadata,
 )
 from mura_ens.training.tf_runtime import import_tensorflow
@@ -110,7 +110,7 @@ def test_export_of_a_non_run_folder_is_one_line(tmp_path, capsys):
 def test_parity_failure_writes_nothing(tmp_path):
     model = tiny_model()
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
-    meta = onnx_metadata(plugin="custom_cnn", model_name="m", body_parts=[], input_size=32, resize_policy="stretch")
+    meta = ModelMetadata(plugin="custom_cnn", model_name="m", body_parts=(), input_size=32, resize_policy="stretch")
     with pytest.raises(ParityError, match=r"fails the parity check: max \|p_onnx - p_keras\|"):
         export_model(model, tmp_path / "m.onnx", metadata=meta, parity_images=images, tolerance=-1.0)
     assert not (tmp_path / "m.onnx").exists()
@@ -133,8 +133,8 @@ def test_mixed_precision_model_exports_in_float32(tmp_path):
         np.testing.assert_array_equal(a, b)
     images = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(plain.predict_on_batch(images), mixed.predict_on_batch(images), atol=2e-2)
-    meta = onnx_metadata(
-        plugin="custom_cnn", model_name="mixed", body_parts=["XR_HAND"], input_size=32, resize_policy="pad"
+    meta = ModelMetadata(
+        plugin="custom_cnn", model_name="mixed", body_parts=("XR_HAND",), input_size=32, resize_policy="pad"
     )
     info = export_model(mixed, tmp_path / "mixed.onnx", metadata=meta, parity_images=images)
     assert info["onnx_max_abs_diff"] <= 1e-4

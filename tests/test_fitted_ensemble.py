@@ -451,7 +451,12 @@ def test_ensemble_json_records_members_fitting_set_and_versions():
     assert fitting["n_studies"] == 240 and fitting["by_body_part"]["XR_HAND"]["n_studies"] == 120
     assert len(fitting["studies"]) == 240 and len(fitting["sha256"]) == 64
     assert data["mura_ens_version"]
-    assert data["parts"]["XR_HAND"]["calibrator"]["method"] == "platt"
+    # XR_ELBOW's fitted weights and calibrator pass the guard; XR_HAND's lose kappa at 0.5 in CV and are dropped
+    assert data["parts"]["XR_ELBOW"]["calibrator"]["method"] == "platt"
+    assert data["parts"]["XR_ELBOW"]["guard"]["weights"]["kept"] is True
+    assert data["parts"]["XR_HAND"]["guard"]["threshold"]["weights_dropped"] is True
+    assert data["parts"]["XR_HAND"]["calibrator"]["method"] == "none"
+    assert set(data["global"]["guard"]) == {"kept", "criterion", "plain", "fitted_cv"}
     # the hash depends on the labels, not only on the keys
     members = {"g1": good, "g2": miscalibrated}
     frame = studies_frame(np.random.default_rng(16), {"XR_HAND": 40}, members)
@@ -665,6 +670,23 @@ def test_cli_reads_models_json_when_no_models_are_given(onnx_members, scored_dir
     assert {m["name"]: m["sha256"] for m in members} == {r["name"]: r["sha256"] for r in records}
 
 
+def test_cli_fits_from_studies_whose_keys_came_from_non_utf8_file_names(onnx_members, scored_dir, tmp_path):
+    from mura_ens.io import atomic_write_csv
+
+    folder = tmp_path / "scored"
+    folder.mkdir()
+    frame = pd.read_csv(scored_dir / "studies.csv", dtype={"study": "string", "patient": "string"})
+    key = frame.loc[0, "study"].replace("study1", "study\udcff")  # a 0xFF byte kept by surrogateescape
+    frame.loc[0, "study"] = key
+    atomic_write_csv(folder / "studies.csv", frame)  # as `score` writes it
+    assert b"study\xff" in (folder / "studies.csv").read_bytes()
+    out = tmp_path / "e.json"
+    assert main(["fit-ensemble", str(folder), "--models", str(onnx_members), "--out", str(out)]) == 0
+    fitted = FittedEnsemble.load(out)
+    assert fitted.fitting["n_studies"] == len(frame)
+    assert fitted.overlap(pd.Series([key])) == 1
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -713,3 +735,72 @@ def test_pool_is_the_weighted_mean_over_present_members():
     assert np.isnan(out[3])
     assert out[4] == pytest.approx(0.2)
     np.testing.assert_allclose(pool(P[[1]], np.array([0.5, 0.0, 0.0])), [0.75])  # only 0-weight members present
+
+
+# ---- the guard: a fitted part must beat the plain mean in patient-grouped CV ----------------------
+
+
+def separable(y, rng, part):
+    """0.5 already separates the classes perfectly: nothing a fitted threshold can win."""
+    return np.where(y == 1, rng.uniform(0.55, 0.95, len(y)), rng.uniform(0.05, 0.45, len(y)))
+
+
+def shifted(y, rng, part):
+    """Informative but shifted up by 2.5 in logit: 0.5 calls far too many studies abnormal."""
+    return expit(logit(calibrated(latent(rng, y, d=3.0), d=3.0)) + 2.5)
+
+
+def test_a_part_whose_fitted_threshold_would_lose_in_cv_keeps_the_plain_mean_at_the_plain_threshold():
+    members = {"a": separable, "b": separable}
+    frame = studies_frame(np.random.default_rng(30), {"XR_HAND": 40, "XR_WRIST": 40}, members)
+    fitted = fit_ensemble(frame, member_list(*members), FitSettings(plain_threshold=0.5))
+    for part, model in fitted.parts.items():
+        guard = model.info["guard"]
+        assert guard["threshold"]["kept"] is False and guard["threshold"]["plain"] == 1.0, part
+        assert model.threshold == 0.5 and model.info["threshold_fitted"] != 0.5
+        assert any("own threshold not kept" in note for note in model.notes), model.notes
+        prob, pred = fitted.apply(frame[frame["body_part"] == part])
+        assert pred.tolist() == [int(p > 0.5) for p in prob]
+    assert fitted.global_threshold == 0.5 and fitted.global_info["guard"]["kept"] is False
+
+
+def test_a_part_with_a_clearly_better_fitted_ensemble_keeps_its_weights_and_threshold():
+    members = {"shifted": shifted, "noise": noise}
+    frame = studies_frame(np.random.default_rng(31), {"XR_HAND": 300, "XR_WRIST": 300}, members)
+    fitted = fit_ensemble(frame, member_list(*members))
+    for part, model in fitted.parts.items():
+        guard = model.info["guard"]
+        assert model.status == "fitted", (part, model.notes)
+        assert guard["weights"]["kept"] is True and guard["threshold"]["kept"] is True, (part, guard)
+        assert guard["threshold"]["fitted_cv"] > guard["threshold"]["plain"] + 0.1
+        assert model.weights["noise"] < 0.1 and model.threshold > 0.6
+        assert not any("not kept" in note for note in model.notes), model.notes
+    test = studies_frame(np.random.default_rng(32), {"XR_HAND": 2000, "XR_WRIST": 2000}, members, prefix="t")
+    y = test["label"].astype(int).to_numpy()
+    _, pred = fitted.apply(test)
+    plain = test[["prob__shifted", "prob__noise"]].mean(axis=1).to_numpy() > 0.5
+    assert cohen_kappa_score(y, pred.astype(int)) > cohen_kappa_score(y, plain) + 0.1
+
+
+def test_smooth_threshold_maximises_the_bootstrap_averaged_curve():
+    from mura_ens.fitting.thresholds import smooth_threshold
+
+    rng = np.random.default_rng(33)
+    y = (rng.random(30) < 0.4).astype(int)
+    q = calibrated(latent(rng, y))
+    t = smooth_threshold(y, q, "kappa", n_boot=300, seed=5)
+    draws = np.random.default_rng(5).multinomial(30, np.full(30, 1 / 30), size=300)
+    order = np.argsort(q, kind="stable")
+    ys, qs = y[order], q[order]
+
+    def mean_kappa(threshold):
+        values = []
+        for counts in draws:
+            idx = np.repeat(np.arange(30), counts)
+            if len(np.unique(ys[idx])) == 2:
+                values.append(cohen_kappa_score(ys[idx], (qs[idx] > threshold).astype(int)))
+        return np.mean(values)
+
+    candidates = (qs[1:] + qs[:-1]) / 2
+    assert mean_kappa(t) == pytest.approx(max(mean_kappa(c) for c in candidates), abs=1e-9)
+    assert smooth_threshold(np.array([1, 1]), np.array([0.2, 0.8]), "kappa") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import onnx
 import pytest
@@ -40,19 +41,22 @@ def test_metadata_props_keep_their_order_and_round_trip():
     assert rf.ModelMetadata.from_onnx_props(props, default_name="ignored") == WRIST_PAD
 
 
-def test_the_trainers_metadata_helper_is_the_same_contract():
-    from mura_ens.training.export import onnx_metadata
+def test_the_trainers_metadata_is_the_same_contract():
+    from mura_ens.training.options import RunConfig, TrainOptions
+    from mura_ens.training.trainer import RunPlan, _onnx_props
 
-    made = onnx_metadata(
+    plan = RunPlan(
+        name="run-XR_WRIST",
         plugin="specialists",
-        model_name="run-XR_WRIST",
-        body_parts=["XR_WRIST"],
-        input_size=64,
-        resize_policy="pad",
-        threshold=0.4,
-        base_plugin="custom_cnn",
+        builder=None,
+        builder_name="custom_cnn",
+        base="custom_cnn",
+        body_parts=("XR_WRIST",),
     )
+    config: RunConfig = TrainOptions(resize_policy="pad").run_config(image_size=64, weights=None)
+    made = _onnx_props(plan, "run-XR_WRIST", replace(config, threshold=0.4))
     assert made == WRIST_PAD.to_onnx_props()
+    assert list(made) == list(WRIST_PAD.to_onnx_props())  # the same order: base_plugin last
 
 
 def test_missing_props_fall_back():

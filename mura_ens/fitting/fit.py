@@ -43,6 +43,23 @@ The cap ``lam_t <= lam`` keeps a part from trusting its threshold (an argmax
 whose bootstrap variance is underestimated on a handful of studies) more than
 its weights.
 
+Thresholds are chosen on the rule's curve averaged over bootstrap resamples
+(:func:`~mura_ens.fitting.thresholds.smooth_threshold`), and the global one is
+shrunk toward ``plain_threshold`` by N/(N+k) (k = ``threshold_shrinkage``, or
+``shrinkage`` under auto).
+
+**Guard** (patient-grouped CV inside the part, same folds for every check):
+the fitted weights/calibrator are kept only when their out-of-fold log loss
+is strictly below the plain mean's; the part's threshold only when the whole
+procedure's out-of-fold kappa (Youden's J for ``youden``) is strictly above
+both the plain mean's and the kept probabilities' at ``plain_threshold``;
+kept weights whose out-of-fold kappa at ``plain_threshold`` is below the plain
+mean's are dropped. The global threshold is kept only when its out-of-fold
+kappa over all studies beats ``plain_threshold``'s. Ties and impossible CV
+keep the plain choice; ``info["guard"]`` and the notes record why. On the
+demo (15-24 fitting studies per part) unguarded kappa thresholds cost up to
+0.05 overall study kappa on the valid split (docs/ensembles.md).
+
 Parts with fewer than ``min_studies`` studies or one class keep the plain
 mean with the global calibrator (fitted on the plain means of all studies)
 and the global threshold, and say so in their notes. Studies of unknown body
@@ -66,6 +83,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..io import TEXT_ERRORS
 from .calibration import IDENTITY, Calibrator, fit_calibrator
 from .ensemble import FITTED, PLAIN_MEAN, FittedEnsemble, Member, PartModel
 from .quality import patient_folds, quality
@@ -174,7 +192,7 @@ def fit_ensemble(
             parts[part] = _fitted_part(table, part, names, (fits[part], q, glob, tau2), settings)
         else:
             parts[part] = _plain_part(table, part, names, (global_cal, glob.threshold, reasons[part]), settings)
-    notes = list(table.notes)
+    notes = list(table.notes) + ([glob.info["note"]] if "note" in glob.info else [])
     if "" in table.part_members:
         n = int(np.sum(table.part == ""))
         notes.append(
@@ -219,9 +237,11 @@ def _fit_probabilities(P: np.ndarray, y: np.ndarray, settings: FitSettings) -> _
 def _guarded_probabilities(P: np.ndarray, y: np.ndarray, groups: np.ndarray, settings: FitSettings) -> _PartFit:
     """Fit the part's probabilities and keep them only if patient-grouped CV beats the plain mean.
 
-    Kept when the out-of-fold log loss is strictly lower than the plain mean's
-    and the out-of-fold AUC is not lower (a tie keeps the plain mean); never
-    kept when cross-validation is impossible.
+    Kept when the out-of-fold log loss (what the weights and calibrator
+    minimise) is strictly lower than the plain mean's (a tie keeps the plain
+    mean); never kept when cross-validation is impossible. The AUC is recorded,
+    not judged: out-of-fold probabilities pooled over folds with different
+    calibrators rank worse than any one fold's, so a calibration-only gain would lose on it.
     """
     fit = _fit_probabilities(P, y, settings)
     folds = patient_folds(y, groups, settings.cv_folds, settings.seed)
@@ -235,7 +255,7 @@ def _guarded_probabilities(P: np.ndarray, y: np.ndarray, groups: np.ndarray, set
         oof[test] = _fit_probabilities(P[train], y[train], settings).apply(P[test])
     cv = quality(y, oof, oof > settings.plain_threshold)
     guard["fitted_cv"] = {k: cv[k] for k in ("log_loss", "auc")}
-    guard["kept"] = bool(cv["log_loss"] < base["log_loss"] and cv["auc"] >= base["auc"])
+    guard["kept"] = bool(cv["log_loss"] < base["log_loss"] - TIE)
     return _PartFit(fit, folds, guard["kept"], guard)
 
 
@@ -264,7 +284,7 @@ def _global_threshold(table: FittingTable, q: np.ndarray, settings: FitSettings)
     plain_value = rule_value(y, q > t_plain, rule)
     cv_value = rule_value(y, oof, rule) if folds else None
     kept = cv_value is not None and plain_value is not None and cv_value > plain_value + TIE
-    info = {
+    info: dict[str, Any] = {
         "threshold_fitted": raw,
         "threshold_shrink": lam,
         "guard": {"kept": kept, "criterion": criterion(rule), "plain": plain_value, "fitted_cv": cv_value},
@@ -366,11 +386,11 @@ def _threshold_guard(
     if rule == "fixed":
         guard.update(kept=True, weights_dropped=False)
         return guard
-    values_known = None not in (plain_value, at_plain, fitted)
-    guard["kept"] = bool(values_known and fitted > max(plain_value, at_plain) + TIE)
-    guard["weights_dropped"] = bool(
-        part_fit.weights_kept and not guard["kept"] and values_known and at_plain < plain_value - TIE
-    )
+    if plain_value is None or at_plain is None or fitted is None:
+        guard.update(kept=False, weights_dropped=False)
+        return guard
+    guard["kept"] = fitted > max(plain_value, at_plain) + TIE
+    guard["weights_dropped"] = bool(part_fit.weights_kept and not guard["kept"] and at_plain < plain_value - TIE)
     return guard
 
 
@@ -511,11 +531,14 @@ def _plain_part(
 
 
 def fitting_set_sha256(studies: Sequence[str], labels: Sequence[int]) -> str:
-    """sha256 of the fitting set: its ``study<TAB>label`` lines sorted by study, newline-terminated, UTF-8."""
+    """sha256 of the fitting set: its ``study<TAB>label`` lines sorted by study, newline-terminated, UTF-8.
+
+    Undecodable file-name bytes kept by surrogateescape (:mod:`mura_ens.io`) are hashed as the original bytes.
+    """
     import hashlib
 
     lines = sorted(f"{s}\t{int(v)}\n" for s, v in zip(studies, labels))
-    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+    return hashlib.sha256("".join(lines).encode("utf-8", TEXT_ERRORS)).hexdigest()
 
 
 def _fitting_record(table: FittingTable) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UsageError
+from ..io import read_csv_text
 from .ensemble import FittedEnsemble, Member
 from .fit import fit_ensemble
 from .settings import FitSettings
@@ -47,7 +48,7 @@ def read_studies(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise UsageError(f"studies table not found: {path} (is it the --out folder of `mura-ens score`?)")
     try:
-        frame = pd.read_csv(path, dtype={c: "string" for c in _TEXT_COLUMNS})
+        frame = read_csv_text(path, dtype={c: "string" for c in _TEXT_COLUMNS})  # keeps non-UTF-8 name bytes
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot read studies table {path}: {reason}") from None

@@ -42,8 +42,13 @@ def _splits(y: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return ys, cut, candidates
 
 
-def _scores(below_pos: np.ndarray, below_all: np.ndarray, n_pos: np.ndarray, n: np.ndarray, rule: str) -> np.ndarray:
-    """The rule's value when the studies at or below each candidate are called negative (arrays broadcast)."""
+def _scores(
+    below_pos: np.ndarray, below_all: np.ndarray, n_pos: np.ndarray | float, n: np.ndarray | float, rule: str
+) -> np.ndarray:
+    """The rule's value when the studies at or below each candidate are called negative (arrays broadcast).
+
+    ``n_pos`` and ``n`` are plain counts for one sample, or per-resample columns for bootstrap resamples.
+    """
     n_neg = n - n_pos
     tp, fn = n_pos - below_pos, below_pos
     tn = below_all - below_pos

@@ -52,6 +52,7 @@ from distributed import Client, KilledWorker, LocalCluster, as_completed, get_wo
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import ModelError, RunFailed, UsageError
+from ..io import file_sha256
 from .models import ModelSpec
 from .runner import ImageTask, RunnerConfig, score_batch
 
@@ -365,7 +366,7 @@ def _with_verified_models(config: RunnerConfig) -> RunnerConfig:
             if key in _VERIFIED:
                 continue
             try:
-                digest = _sha256_of_file(spec.path)
+                digest = file_sha256(spec.path)
             except OSError as exc:
                 raise ModelError(
                     f"{spec.path}: not readable on Dask worker {_worker_name()} ({exc.strerror or type(exc).__name__}); "
@@ -378,14 +379,6 @@ def _with_verified_models(config: RunnerConfig) -> RunnerConfig:
                 )
             _VERIFIED.add(key)
     return config
-
-
-def _sha256_of_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _worker_name() -> str:

@@ -30,7 +30,6 @@ or with the scan's skip reason (``appledouble``, ...). Every study is a row of
 
 from __future__ import annotations
 
-import hashlib
 import numbers
 import os
 import platform
@@ -38,11 +37,11 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..io import atomic_write_csv, atomic_write_json
-from ..metrics import DEFAULT_BOOTSTRAP, BootstrapSettings
+from ..io import atomic_write_csv, atomic_write_json, file_sha256
+from ..metrics import DEFAULT_BOOTSTRAP, BootstrapSettings, EnsembleInfo
 from .backends import Backend, make_backend
 from .ensemble import (
     FITTED,
@@ -166,7 +165,7 @@ class ScoreSettings:
         return default_workers() if self.workers is None else self.workers
 
 
-def _is_count(value) -> bool:
+def _is_count(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
 
@@ -331,7 +330,13 @@ def _check_paths(input_path: Path, out: Path) -> None:
         raise UsageError(f"--out must be a folder, got a file: {out}")
 
 
-def _prepare(input_path: Path, out: Path, models_dir, model_files, settings: ScoreSettings) -> _Run:
+def _prepare(
+    input_path: Path,
+    out: Path,
+    models_dir: str | os.PathLike[str] | None,
+    model_files: Iterable[str | os.PathLike[str]],
+    settings: ScoreSettings,
+) -> _Run:
     """Resolve providers and threshold, load the models (each session once), scan the input."""
     from ..data.manifest import scan_source
 
@@ -353,14 +358,14 @@ def _prepare(input_path: Path, out: Path, models_dir, model_files, settings: Sco
     return run
 
 
-def _skipped_text(skipped) -> str:
+def _skipped_text(skipped: pd.DataFrame | None) -> str:
     """``: 3 files skipped: outside_study_folder 3 (image file not directly inside ...)``, or ""."""
     from ..data.layout import SKIP_REASONS
 
-    if not len(skipped):
+    if skipped is None or not len(skipped):
         return ""
     counts = skipped["reason"].value_counts().sort_index()
-    reasons = "; ".join(f"{reason} {n} ({SKIP_REASONS.get(reason, reason)})" for reason, n in counts.items())
+    reasons = "; ".join(f"{reason} {n} ({SKIP_REASONS.get(str(reason), reason)})" for reason, n in counts.items())
     return f": {len(skipped)} files skipped: {reasons}"
 
 
@@ -375,11 +380,11 @@ def _load_fitted(path: str | os.PathLike[str] | None, models: Sequence[ModelSpec
         ensemble.check_members({m.name: m.sha256 for m in models})
     except UsageError as exc:
         raise UsageError(f"{exc} (ensemble file {path})") from None
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = file_sha256(path)
     return _FittedFile(ensemble=ensemble, path=Path(path), sha256=digest, overlap=0)
 
 
-def _with_overlap(fitted: _FittedFile, studies) -> _FittedFile:
+def _with_overlap(fitted: _FittedFile, studies: pd.Series) -> _FittedFile:
     """``fitted`` with its overlap counted; a :class:`FittingOverlapWarning` when studies overlap its fitting set."""
     from dataclasses import replace
 
@@ -478,9 +483,9 @@ def _metrics(run: _Run, images: pd.DataFrame, studies: pd.DataFrame) -> dict | N
 _PLAIN_MEAN_COLUMN = "baseline__body_part"
 
 
-def _ensemble_info(run: _Run):
+def _ensemble_info(run: _Run) -> EnsembleInfo:
     """How ``metrics.json`` describes the ensemble: name, per-part thresholds, ensemble file, TTA, baselines."""
-    from ..metrics import EnsembleInfo, ModelColumn, PartThresholds
+    from ..metrics import ModelColumn, PartThresholds
 
     details: dict = {}
     thresholds = baselines = None
@@ -498,7 +503,7 @@ def _ensemble_info(run: _Run):
     return EnsembleInfo(run.settings.ensemble, thresholds=thresholds, details=details, baselines=baselines or ())
 
 
-def _with_plain_mean(run: _Run, images: pd.DataFrame, studies: pd.DataFrame):
+def _with_plain_mean(run: _Run, images: pd.DataFrame, studies: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Copies of the tables with the ``body_part`` ensemble's probability in :data:`_PLAIN_MEAN_COLUMN`.
 
     ``images`` is the whole image table (``counted`` column included), so the
@@ -512,7 +517,9 @@ def _with_plain_mean(run: _Run, images: pd.DataFrame, studies: pd.DataFrame):
     )
 
 
-def _write_tables(run: _Run, images, studies, metrics: dict | None, notes: list[str]) -> dict[str, Path]:
+def _write_tables(
+    run: _Run, images: pd.DataFrame, studies: pd.DataFrame, metrics: dict | None, notes: list[str]
+) -> dict[str, Path]:
     """``images.csv``, ``studies.csv``, ``models.json`` and ``metrics.json`` (a stale one removed when there are no labels)."""
     out = run.out
     written = {
@@ -574,7 +581,15 @@ class ScoredRows:
                     values[i] = value
 
 
-def image_table(manifest, skipped, scored: ScoredRows, models: Sequence[ModelSpec], *, ensemble: str, fitted=None):
+def image_table(
+    manifest: pd.DataFrame,
+    skipped: pd.DataFrame | None,
+    scored: ScoredRows,
+    models: Sequence[ModelSpec],
+    *,
+    ensemble: str,
+    fitted: Any = None,
+) -> pd.DataFrame:
     """The rows of ``images.csv`` (plus an internal ``counted`` column), in input order.
 
     Manifest images first, in manifest order, with the runner's status,
@@ -600,7 +615,7 @@ def image_table(manifest, skipped, scored: ScoredRows, models: Sequence[ModelSpe
     frame["error"] = pd.array(error.tolist(), dtype="str")
     frame["counted"] = True
 
-    if len(skipped):
+    if skipped is not None and len(skipped):
         extra = skipped[["path", "study", "patient", "body_part", "label", "reason"]].rename(
             columns={"reason": "status"}
         )
@@ -619,7 +634,7 @@ def image_table(manifest, skipped, scored: ScoredRows, models: Sequence[ModelSpe
     return frame
 
 
-def _check_journal_rows(rows: list[dict], manifest) -> None:
+def _check_journal_rows(rows: list[dict], manifest: pd.DataFrame) -> None:
     paths = manifest["path"].to_numpy(dtype=object)
     for row in rows:
         i = row.get("index")

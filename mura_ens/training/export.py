@@ -42,7 +42,6 @@ from ..onnx.inference import cpu_session, run_model
 from ..run_folder import (  # file names re-exported: the trainer imports them from here
     BEST_FILE,
     CARD_FILE,
-    DEFAULT_THRESHOLD,
     MODEL_FILE,
     PARITY_BATCH_FILE,
     ModelMetadata,
@@ -76,28 +75,6 @@ class ExportedRun:
     def onnx_max_abs_diff(self) -> float:
         """Largest ONNX-vs-Keras probability difference on the parity images."""
         return self.export["onnx_max_abs_diff"]
-
-
-def onnx_metadata(
-    *,
-    plugin: str,
-    model_name: str,
-    body_parts: list[str] | tuple[str, ...],
-    input_size: int,
-    resize_policy: str,
-    threshold: float = DEFAULT_THRESHOLD,
-    base_plugin: str | None = None,
-) -> dict[str, str]:
-    """The ``metadata_props`` every exported model carries, as a dict (:meth:`ModelMetadata.to_onnx_props`)."""
-    return ModelMetadata(
-        plugin=plugin,
-        model_name=model_name,
-        body_parts=tuple(body_parts),
-        input_size=input_size,
-        resize_policy=resize_policy,
-        threshold=threshold,
-        extra={"base_plugin": base_plugin} if base_plugin else {},
-    ).to_onnx_props()
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:

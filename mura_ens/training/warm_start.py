@@ -25,7 +25,6 @@ Only :meth:`WarmStart.load_into` imports TensorFlow.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..io import file_sha256
 from ..run_folder import BEST_FILE, MODEL_FILE, is_finished_run, read_card
 
 #: Default fine-tuning learning rate, relative to the learning rate the source run was trained with.
@@ -124,8 +124,8 @@ def read_source(run_dir: str | os.PathLike) -> WarmStart:
         input_size=input_size,
         params=dict(config.get("params") or {}),
         source_lr=source_lr,
-        model_sha256=_sha256(model) if model.is_file() else None,
-        weights_sha256=_sha256(path / BEST_FILE),
+        model_sha256=file_sha256(model) if model.is_file() else None,
+        weights_sha256=file_sha256(path / BEST_FILE),
     )
 
 
@@ -151,14 +151,6 @@ def start_from(
     source = read_source(run_dir)
     check_compatible(source, builder_name=builder_name, image_size=image_size, weights=weights)
     return source
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:
