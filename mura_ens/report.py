@@ -116,6 +116,7 @@ figure { margin: 8px 0 16px; }
 .forest figure { margin: 0; }
 table.fitted { font-size: 13px; }
 table.fitted th.num { white-space: normal; min-width: 64px; }
+table.fitted td.num:nth-child(4) { white-space: normal; text-align: left; max-width: 460px; }
 details { margin: 2px 0 8px; }
 details > summary { cursor: pointer; color: var(--muted); }
 details[open] > summary { margin-bottom: 4px; }
@@ -661,7 +662,9 @@ def _fmt_interval(value: float | None, lo: float | None, hi: float | None) -> st
 def _fitted_section(fitted: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
     """The fitted ensemble's weights, calibrators and thresholds per body part, as the ensemble file holds them."""
     members = [str(m.get("name")) for m in fitted.get("members") or []]
-    head = ["body part", "status", "studies (abn.)", *members]
+    # One weights cell per part (not a column per member): specialists' long names serve one part each,
+    # and a column per member made the table several screens wide.
+    head = ["body part", "status", "studies (abn.)", "member weights"]
     head += ["calibration", "threshold", "CV kappa plain → fitted", "CV AUC plain → fitted"]
     rows, notes = [], []
     for part, model in sorted((fitted.get("parts") or {}).items()):
@@ -673,15 +676,14 @@ def _fitted_section(fitted: Mapping[str, Any], metrics: Mapping[str, Any]) -> st
                 str(model.get("status", "")).replace("_", " "),
                 f"{model.get('n_studies', 0):,} ({model.get('n_positive', 0):,})",
             ]
-            + [format_metric(weights[m]) if m in weights else "—" for m in members]
+            + ["; ".join(f"{m} {format_metric(weights[m])}" for m in members if m in weights)]
             + [_calibrator_text(model.get("calibrator")), format_metric(model.get("threshold"))]
             + [_cv_change(quality, key) for key in ("kappa", "auc")]
         )
         notes += [f"{part}: {note}" for note in model.get("notes") or []]
     glob = fitted.get("global") or {}
     rows.append(
-        ["any other part", "plain mean", ""]
-        + [""] * len(members)
+        ["any other part", "plain mean", "", "equal weights of the members serving it"]
         + [_calibrator_text(glob.get("calibrator")), format_metric(glob.get("threshold")), "", ""]
     )
     notes += [str(note) for note in fitted.get("notes") or []]
@@ -696,7 +698,9 @@ def _fitted_section(fitted: Mapping[str, Any], metrics: Mapping[str, Any]) -> st
     overlap = (metrics.get("ensemble_file") or {}).get("overlapping_studies")
     if overlap:
         facts += f" Warning: {overlap:,} scored studies were in the fitting set; their metrics are optimistic."
-    caption = "Per body part: studies it was fitted on, each member's weight (—: does not serve the part), calibration, threshold"
+    caption = (
+        "Per body part: studies it was fitted on, the weight of each model serving the part, calibration, threshold"
+    )
     table = _table(head, rows, caption=caption, numeric_from=2, overall_last=True, css_class="fitted")
     return (
         f'<h2 id="fitted">Fitted ensemble</h2><p class="note">{_e(facts)}</p>{table}'

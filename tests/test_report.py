@@ -301,8 +301,7 @@ def test_fitted_ensemble_section_shows_weights_thresholds_and_the_file(tmp_path)
     assert cells == [
         "fitted",
         "20 (8)",
-        "0.750",
-        "0.250",
+        "m1 0.750; m2 0.250",
         "none",
         "0.400",
         "0.500 → 0.600",
