@@ -140,8 +140,17 @@ figcaption { color: var(--muted); font-size: 13px; }
 # --------------------------------------------------------------------------
 
 
-def write_report(
-    out_path: str | Path,
+def write_report(out_path: str | Path, **inputs: Any) -> Path:
+    """Write ``report.html`` atomically and return its path.
+
+    ``out_path`` is the file to write (its folder is created); ``inputs`` are
+    :func:`render_report`'s keywords (``studies``, ``images``, ``metrics``, ``models``,
+    ``provenance``, ``failed``, ``title``), passed on unchanged.
+    """
+    return atomic_write_text(out_path, render_report(**inputs))
+
+
+def render_report(
     *,
     studies: pd.DataFrame,
     images: pd.DataFrame | None = None,
@@ -150,13 +159,11 @@ def write_report(
     provenance: Mapping[str, Any] | None = None,
     failed: pd.DataFrame | None = None,
     title: str = "mura-ens report",
-) -> Path:
-    """Write ``report.html`` atomically and return its path.
+) -> str:
+    """The report's HTML text (:func:`write_report` writes it to a file).
 
     Parameters
     ----------
-    out_path : path
-        File to write (its folder is created).
     studies : DataFrame
         ``study, patient, body_part, n_images, label, prob__<model>..., prob, pred, status``
         (``label`` may be empty or absent: then no metrics are shown).
@@ -176,30 +183,9 @@ def write_report(
         under the predictions table instead.
     failed : DataFrame, optional
         Inputs that could not be scored: ``path, study, status, error``.
+    title : str
+        The page title.
     """
-    text = render_report(
-        studies=studies,
-        images=images,
-        metrics=metrics,
-        models=models,
-        provenance=provenance,
-        failed=failed,
-        title=title,
-    )
-    return atomic_write_text(out_path, text)
-
-
-def render_report(
-    *,
-    studies: pd.DataFrame,
-    images: pd.DataFrame | None = None,
-    metrics: Mapping[str, Any] | None = None,
-    models: Sequence[Mapping[str, Any]] = (),
-    provenance: Mapping[str, Any] | None = None,
-    failed: pd.DataFrame | None = None,
-    title: str = "mura-ens report",
-) -> str:
-    """The report's HTML text; see :func:`write_report`."""
     provenance = dict(provenance or {})
     fitted = provenance.pop("fitted_ensemble", None)
     unknown = provenance.pop("unknown_body_parts", None)
