@@ -112,3 +112,49 @@ def png_claiming_size(path: Path, width: int, height: int) -> Path:
     data[ihdr + 17 : ihdr + 21] = crc.to_bytes(4, "big")
     path.write_bytes(bytes(data))
     return path
+
+
+def interrupt_after(monkeypatch, n_batches: int) -> None:
+    """Make the run stop like Ctrl-C right after its n-th journalled batch (``monkeypatch``: pytest's)."""
+    from mura_ens.scoring import journal as journal_module
+
+    real = journal_module.Journal.append
+
+    def append(self, number, rows):
+        real(self, number, rows)
+        self.count = getattr(self, "count", 0) + 1
+        if self.count >= n_batches:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(journal_module.Journal, "append", append)
+
+
+def journal_lines(out: Path) -> list[bytes]:
+    """The journalled batches of an unfinished ``score`` run in ``out`` (one line each)."""
+    from mura_ens.scoring import journal as journal_module
+
+    path = out / journal_module.JOURNAL_DIR / journal_module.ROWS_FILE
+    return path.read_bytes().splitlines() if path.exists() else []
+
+
+def kill_9_once_journalled(command: list[str], out: Path, n_batches: int, *, timeout_s: float = 90) -> None:
+    """Start ``command`` (a ``score`` run writing to ``out``), SIGKILL it once ``n_batches`` are journalled."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(journal_lines(out)) < n_batches:
+            assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
+            assert time.monotonic() < deadline, "the run journalled nothing in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL

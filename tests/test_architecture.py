@@ -156,21 +156,23 @@ def test_cycle_finder_finds_a_planted_circle():
     assert _cycles(graph) == [["a", "b", "c"]]
 
 
+def _absolute_imports(path: Path) -> list[str]:
+    """Every module named by an absolute import statement in ``path`` (``import x.y``, ``from x.y import z``)."""
+    names: list[str] = []
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.append(node.module or "")
+    return names
+
+
 def test_tensorflow_is_imported_only_under_training():
     offenders = []
     for module, path in _modules().items():
         if module.startswith("mura_ens.training"):
             continue
-        for node in ast.walk(_tree(path)):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                names = [node.module or ""]
-            else:
-                continue
-            for name in names:
-                if name.split(".")[0] in TF_MODULES:
-                    offenders.append(f"{module} imports {name}")
+        offenders += [f"{module} imports {n}" for n in _absolute_imports(path) if n.split(".")[0] in TF_MODULES]
     assert not offenders, "\n".join(offenders)
 
 
@@ -179,12 +181,5 @@ def test_core_never_imports_a_plugin_by_name():
     assert plugin_modules, "no plugin modules found under plugins/"
     offenders = []
     for module, path in _modules().items():
-        for node in ast.walk(_tree(path)):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                names = [node.module or ""]
-            else:
-                continue
-            offenders += [f"{module} imports {n}" for n in names if n.split(".")[0] in plugin_modules]
+        offenders += [f"{module} imports {n}" for n in _absolute_imports(path) if n.split(".")[0] in plugin_modules]
     assert not offenders, "\n".join(offenders)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from scoring_fixtures import random_image, study_folder, write_png
+from scoring_fixtures import interrupt_after, random_image, study_folder, write_png
 
 from mura_ens.cli.main import main
 from mura_ens.data import images as images_module
@@ -94,19 +94,6 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("mura-ens: error: "), err
     assert "Traceback" not in err
     return lines[0]
-
-
-def interrupt_after(monkeypatch, n_batches: int) -> None:
-    """Stop the run like Ctrl-C right after its n-th journalled batch."""
-    real = journal_module.Journal.append
-
-    def append(self, number, rows):
-        real(self, number, rows)
-        self.count = getattr(self, "count", 0) + 1
-        if self.count >= n_batches:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(journal_module.Journal, "append", append)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,11 +18,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +29,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from scoring_fixtures import interrupt_after, kill_9_once_journalled
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 from test_hardening_scoring import bpath, png_claiming
 
@@ -278,15 +276,7 @@ def stop_after(n_batches: int | None, *, while_writing: bool = False):
 
     with pytest.MonkeyPatch.context() as patch:
         if n_batches is not None:
-            real = journal_module.Journal.append
-
-            def append(self, number, rows):
-                real(self, number, rows)
-                self.count = getattr(self, "count", 0) + 1
-                if self.count >= n_batches:
-                    raise KeyboardInterrupt
-
-            patch.setattr(journal_module.Journal, "append", append)
+            interrupt_after(patch, n_batches)
         if while_writing:
             real_csv = score_module.atomic_write_csv
 
@@ -410,21 +400,7 @@ def test_kill_9_of_a_real_run_on_a_hostile_tree_then_resume_gives_the_same_files
     out = tmp_path / "out"
     command = [sys.executable, str(SLOW_BATCHES), "0.3", "score", str(tree.root), "--model", model]
     command += ["--out", str(out), "--batch-size", "1", "--no-progress"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    rows = out / journal_module.JOURNAL_DIR / journal_module.ROWS_FILE
-    try:
-        deadline = time.monotonic() + 90
-        while not rows.exists() or len(rows.read_bytes().splitlines()) < 2:
-            assert proc.poll() is None, proc.stderr.read().decode(errors="replace")
-            assert time.monotonic() < deadline, "the run journalled nothing in time"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_once_journalled(command, out, 2)
     assert not (out / "images.csv").exists()
     argv = ["score", str(tree.root), "--model", model, "--out", str(out), "--batch-size", "1", "--resume"]
     assert main([*argv, "--no-progress"]) == 0

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from scoring_fixtures import make_tree
+from scoring_fixtures import interrupt_after, journal_lines, kill_9_once_journalled, make_tree
 
 from mura_ens.errors import UsageError
 from mura_ens.scoring import journal as journal_module
@@ -37,29 +33,11 @@ def data(tmp_path_factory, tiny_models):
     return valid, models, reference
 
 
-def journal_lines(out: Path) -> list[bytes]:
-    path = out / journal_module.JOURNAL_DIR / journal_module.ROWS_FILE
-    return path.read_bytes().splitlines() if path.exists() else []
-
-
 def assert_same_outputs(out: Path, reference: Path) -> None:
     for name in OUTPUTS:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert (out / "report.html").is_file()
     assert not (out / journal_module.JOURNAL_DIR).exists()
-
-
-def interrupt_after(monkeypatch, n_batches: int) -> None:
-    """Make the run stop like Ctrl-C right after its n-th journalled batch."""
-    real = journal_module.Journal.append
-
-    def append(self, number, rows):
-        real(self, number, rows)
-        self.count = getattr(self, "count", 0) + 1
-        if self.count >= n_batches:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(journal_module.Journal, "append", append)
 
 
 def test_resume_after_kill_9_skips_finished_studies_and_ends_identical(data, tmp_path):
@@ -68,20 +46,7 @@ def test_resume_after_kill_9_skips_finished_studies_and_ends_identical(data, tmp
     # tests/slow_batches.py: the CLI with a pause after each batch, so that the run can be killed mid-way
     command = [sys.executable, str(SLOW_BATCHES), "0.15", "score", str(valid), "--models", str(models)]
     command += ["--out", str(out), "--batch-size", "1", "--no-progress"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 90
-        while len(journal_lines(out)) < 6:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the run journalled nothing in time"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_once_journalled(command, out, 6)
     done = journal_lines(out)
     assert 6 <= len(done) < N_STUDIES
     for name in OUTPUTS:
