@@ -1,5 +1,5 @@
 # Two commands for a fresh machine:  make demo  |  make test
-# Both create ./.venv (Python >= 3.11) with the core, the [train,dask,dev] extras
+# Both create ./.venv (Python >= 3.11) with the core, the [train,dask,dicom,dev] extras
 # and the built-in plugins, each installed as its own distribution so that they
 # reach mura-ens through entry points exactly like a third-party plugin would.
 
@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,dask,dev]' $(foreach p,$(PLUGINS),-e $(p))
+	$(PY) -m pip install -q -e '.[train,dask,dicom,dev]' $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 demo: $(STAMP)
