@@ -155,18 +155,26 @@ def run_measured(command: Sequence[str], *, env: Mapping[str, str] | None = None
 PARTS = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
 
 
-def render_pool(folder: Path, count: int, *, size: int = 512, seed: int = 0) -> list[Path]:
+#: Share of real MURA PNGs stored as RGB (three equal channels) rather than 8-bit grey: 37 of 80 sampled (FACTS.md).
+MURA_RGB_SHARE = 37 / 80
+
+
+def render_pool(
+    folder: Path, count: int, *, size: int = 512, seed: int = 0, rgb_share: float | None = None
+) -> list[Path]:
     """``count`` distinct MURA-like PNGs (synthetic radiographs, longest side ``size``, ~70% gray, ~30% RGB).
 
     Made with :func:`mura_ens.data.synth.render_image` (bones, soft tissue,
     noise; a third of them with a fracture or hardware). Reused when present.
+    ``rgb_share`` (e.g. :data:`MURA_RGB_SHARE`): store that share of them,
+    spread evenly, as RGB with three equal channels and the rest as 8-bit grey.
     """
     import numpy as np
     from PIL import Image
 
     from mura_ens.data.synth import render_image
 
-    folder = folder / f"{size}px-seed{seed}"
+    folder = folder / (f"{size}px-seed{seed}" + ("" if rgb_share is None else f"-rgb{rgb_share:.3f}"))
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):
@@ -175,6 +183,10 @@ def render_pool(folder: Path, count: int, *, size: int = 512, seed: int = 0) -> 
             rng = np.random.default_rng([seed, index])  # image k is the same whatever the pool size
             injury = ("", "", "fracture", "", "metal", "both")[index % 6]
             pixels = render_image(rng, PARTS[index % len(PARTS)], size, injury=injury)
+            if rgb_share is not None:
+                grey = pixels if pixels.ndim == 2 else pixels[..., 0]
+                rgb = int((index + 1) * rgb_share) > int(index * rgb_share)
+                pixels = np.repeat(grey[:, :, None], 3, axis=2) if rgb else grey
             Image.fromarray(pixels).save(path, format="PNG")
         paths.append(path)
     return paths

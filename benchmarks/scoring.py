@@ -95,7 +95,8 @@ def build_and_export(
     from mura_ens.onnx.quantize import quantize_model
     from mura_ens.plugin import resolve_params
     from mura_ens.registry import get_plugin
-    from mura_ens.training.export import export_model, onnx_metadata
+    from mura_ens.run_folder import ModelMetadata
+    from mura_ens.training.export import export_model
     from mura_ens.training.tf_runtime import import_tensorflow
 
     _, keras = import_tensorflow()
@@ -103,7 +104,7 @@ def build_and_export(
     plugin = get_plugin(name)
     model = plugin.build({"image_size": size, "weights": None, **resolve_params(plugin)})
     fp32 = folder / name / "model.onnx"
-    metadata = onnx_metadata(plugin=name, model_name=name, body_parts=[], input_size=size, resize_policy="stretch")
+    metadata = ModelMetadata(plugin=name, model_name=name, body_parts=(), input_size=size, resize_policy="stretch")
     tick = time.perf_counter()
     info = export_model(model, fp32, metadata=metadata, parity_images=parity_images.astype("float32"))
     note(

@@ -87,13 +87,16 @@ def train(
     **overrides
         ``TrainOptions`` fields as keywords, named like the ``mura-ens train`` options:
         ``epochs``, ``batch_size``, ``image_size``, ``weights``, ``params`` (or ``param``:
-        ``["cells=3"]``), ``max_images``, ``body_part``, ``base``, ``progress``, ...;
-        with ``options`` they replace its fields.
+        ``["cells=3"]``), ``max_images``, ``body_part``, ``base``, ``name``, ``overwrite``,
+        ``tensorboard``, ``progress``, ...; with ``options`` they replace its fields.
 
     Returns
     -------
     list of Run
-        One :class:`~mura_ens.runs.Run` per model trained (a specialist family gives one per body part).
+        One :class:`~mura_ens.runs.Run` per model (a specialist family gives one per body part). Runs are
+        named after their parameters unless ``name`` is given; a finished run of the same configuration
+        and data already in ``out`` is returned as it is, untouched, unless ``overwrite=True``
+        (docs/runs.md).
 
     Raises
     ------

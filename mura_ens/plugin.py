@@ -65,6 +65,9 @@ class Plugin:
         Image side used when ``--image-size`` is not given.
     default_weights : str
         ``"none"`` or ``"imagenet"``: used when ``--weights`` is not given.
+    feature_layer : str or None
+        Optional: the name of the (top-level) layer whose (N, h, w, C) output heatmaps are drawn from
+        (docs/explain.md). None: the input of the last global pooling / flatten layer.
     """
 
     name: str = ""
@@ -75,6 +78,7 @@ class Plugin:
     choices: Mapping[str, tuple] = {}
     default_input_size: int = 256
     default_weights: str = "none"
+    feature_layer: str | None = None
 
     def build(self, config: Mapping[str, Any]):
         """Return an uncompiled ``keras.Model``: (N, S, S, 3) float32 0-255 RGB -> (N, 1) probability."""

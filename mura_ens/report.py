@@ -7,7 +7,7 @@ fitted run and every model serving the part), the fitted ensemble's weights,
 calibrators and thresholds (``--ensemble fitted``), study- and image-level
 metrics tables for the ensemble, baselines and every model, ROC curves and
 reliability diagrams per body part, the ensemble's study-level confusion
-matrix, failed inputs, and provenance (models with their ONNX metadata and
+matrix, the heatmap gallery (``score --explain K``), failed inputs, and provenance (models with their ONNX metadata and
 card.json, long JSON in collapsed ``<details>`` blocks; library versions,
 command, input).
 
@@ -122,6 +122,15 @@ details > summary { cursor: pointer; color: var(--muted); }
 details[open] > summary { margin-bottom: 4px; }
 figure img { max-width: 100%; height: auto; }
 figcaption { color: var(--muted); font-size: 13px; }
+.gallery-study { margin: 14px 0 18px; break-inside: avoid; page-break-inside: avoid; }
+.gallery-study h3 { margin: 0 0 2px; word-break: break-all; }
+.gallery-study p { margin: 2px 0; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 6px; }
+.thumbs figure { margin: 0; max-width: 240px; }
+.thumbs img { border: 1px solid var(--rule); display: block; width: auto; height: auto; max-width: 240px; max-height: 200px; }
+.thumbs figcaption { font-size: 11px; word-break: break-all; }
+.jet { display: inline-block; width: 90px; height: 10px; vertical-align: middle; border: 1px solid var(--rule);
+       background: linear-gradient(to right, #00007f, #0000ff, #00ffff, #7fff7f, #ffff00, #ff0000, #7f0000); }
 .header-grid { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 10px 0; }
 .header-grid div:nth-child(odd) { color: var(--muted); }
 .model { break-inside: avoid; page-break-inside: avoid; }
@@ -158,6 +167,7 @@ def render_report(
     models: Sequence[Mapping[str, Any]] = (),
     provenance: Mapping[str, Any] | None = None,
     failed: pd.DataFrame | None = None,
+    heatmaps: Mapping[str, Any] | None = None,
     title: str = "mura-ens report",
 ) -> str:
     """The report's HTML text (:func:`write_report` writes it to a file).
@@ -183,6 +193,8 @@ def render_report(
         under the predictions table instead.
     failed : DataFrame, optional
         Inputs that could not be scored: ``path, study, status, error``.
+    heatmaps : dict, optional
+        The ``--explain`` gallery (its fields: :func:`_heatmap_section`); None: no section.
     title : str
         The page title.
     """
@@ -217,6 +229,7 @@ def render_report(
         sections.append(_roc_section(labelled, model_names, metrics))
         sections.append(_calibration_section(labelled, model_names, metrics))
         sections.append(_confusion_section(metrics, threshold))
+    sections.append(_heatmap_section(heatmaps))
     sections.append(_failed_section(failed))
     sections.append(_provenance_section(models, provenance))
     body = "\n".join(s for s in sections if s)
@@ -788,6 +801,63 @@ def _reliability_axes(ax, panel: str) -> None:
     ax.tick_params(labelsize=7)
     ax.set_xlabel("mean probability", fontsize=8)
     ax.set_ylabel("fraction abnormal", fontsize=8)
+
+
+def _heatmap_section(gallery: Mapping[str, Any] | None) -> str:
+    """The ``--explain`` gallery: per study its key, why chosen, probabilities and overlay thumbnails (linked).
+
+    ``gallery`` (:func:`mura_ens.scoring.heatmaps.write_heatmaps`; None: no section, ""): ``note`` and
+    ``studies``, each with ``study``, ``reasons``, ``body_part``, ``prob``, ``label``, ``pred``, ``models``
+    (name -> study probability), ``heatmap_models`` (name -> weight), ``cannot_explain`` (names) and
+    ``images`` (each ``image`` and either ``href`` + ``thumbnail`` (a data URI) or ``error``).
+    """
+    if gallery is None:
+        return ""
+    studies = list(gallery.get("studies") or [])
+    out = [f'<h2 id="heatmaps">Heatmaps ({len(studies):,} studies)</h2>']
+    out.append(
+        '<p class="note">'
+        + _e(gallery.get("note", ""))
+        + " Each overlay is the weighted mean of the normalised heatmaps of the models the ensemble combined for "
+        'the study, coloured <span class="jet"></span> from low to high where the model\'s abnormal score rose; '
+        "where the heat is zero the radiograph shows unchanged. A thumbnail links to its full-size PNG; "
+        "heatmaps/index.csv lists them all.</p>"
+    )
+    for entry in studies:
+        reasons = ", ".join(str(r).replace("_", " ") for r in entry.get("reasons") or [])
+        label = entry.get("label")
+        facts = (
+            f"{reasons} · {entry.get('body_part') or UNKNOWN_GROUP} · ensemble probability "
+            f"{format_metric(entry.get('prob'))} · predicted {_label_text(entry.get('pred'))}"
+            f" · label {_label_text(label)}"
+        )
+        models = "; ".join(f"{name} {format_metric(p)}" for name, p in (entry.get("models") or {}).items())
+        out.append(f'<div class="gallery-study"><h3>{_e(entry.get("study", ""))}</h3><p>{_e(facts)}</p>')
+        weights = entry.get("heatmap_models") or {}
+        in_map = ", ".join(f"{name} (weight {w:.2f})" for name, w in weights.items()) or "none"
+        out.append(f'<p class="muted">Study probability per model: {_e(models or "none")}. Heatmap: {_e(in_map)}')
+        if entry.get("cannot_explain"):
+            out.append(f"; cannot explain: {_e(', '.join(entry['cannot_explain']))}")
+        out.append('.</p><div class="thumbs">')
+        for image in entry.get("images") or []:
+            name = _e(Path(str(image.get("image", ""))).name)
+            if image.get("thumbnail"):
+                out.append(
+                    f'<figure><a href="{_e(image["href"])}"><img alt="heatmap of {name}" '
+                    f'src="{_e(image["thumbnail"])}"></a><figcaption>{name}</figcaption></figure>'
+                )
+            else:
+                why = _e(image.get("error", ""))
+                out.append(f"<figure><figcaption>{name}: no heatmap ({why})</figcaption></figure>")
+        out.append("</div></div>")
+    return "".join(out)
+
+
+def _label_text(value: Any) -> str:
+    """A 0/1 label or prediction as words; "unknown" when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "unknown"
+    return "abnormal" if int(value) == 1 else "normal"
 
 
 def _failed_section(failed: pd.DataFrame) -> str:

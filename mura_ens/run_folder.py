@@ -3,7 +3,8 @@
 ``mura-ens train`` writes one folder per model::
 
     <out>/<run-name>/{model.onnx, card.json, history.tsv, evaluation.json, curves.png,
-                      best.keras, parity_batch.npz, tensorboard/}  (+ model.int8.onnx)
+                      best.keras, parity_batch.npz, tensorboard/, model.txt,
+                      explain.json, explain.npz}  (+ model.int8.onnx, model.png, explain.onnx.bin)
 
 Every exported ONNX model carries :class:`ModelMetadata` in its ``metadata_props``
 (``to_onnx_props`` / ``from_onnx_props``); ``card.json`` is read and written with
@@ -50,6 +51,17 @@ CURVES_FILE = "curves.png"
 #: A few real, preprocessed data images kept so that ``mura-ens export`` can re-check parity.
 PARITY_BATCH_FILE = "parity_batch.npz"
 TENSORBOARD_DIR = "tensorboard"
+#: The explain artifact written by export next to ``model.onnx`` (docs/explain.md): its description (written
+#: last), the head's weights and, only when it could not be rebuilt from model.onnx, the feature-map graph
+#: (format 1 always wrote it). The graph's name must not end in ``.onnx``: scoring
+#: takes every ``*.onnx`` under ``--models`` for a model. None of them marks a folder as a run folder.
+EXPLAIN_FILE = "explain.json"
+EXPLAIN_WEIGHTS_FILE = "explain.npz"
+EXPLAIN_GRAPH_FILE = "explain.onnx.bin"
+#: The model schematic (``mura_ens.training.schematic``): the layer summary, always; the drawing when Graphviz
+#: is there. Common names a user's own model folder may hold too, so neither marks a folder as a run folder.
+MODEL_TXT_FILE = "model.txt"
+MODEL_PNG_FILE = "model.png"
 #: What only the training side writes into a run folder (besides the models and ``card.json``): any of them
 #: marks a folder as a run folder (:func:`is_run_folder`), finished or not.
 RUN_ARTIFACTS: tuple[str, ...] = (

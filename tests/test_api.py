@@ -531,7 +531,8 @@ def test_train_returns_runs_and_export_reexports_several(synth_small, tmp_path, 
         quiet=True,
     )
     (run,) = runs
-    assert isinstance(run, mura_ens.Run) and run.name == "custom_cnn-XR_WRIST" and run.body_parts == ("XR_WRIST",)
+    assert isinstance(run, mura_ens.Run) and run.body_parts == ("XR_WRIST",)
+    assert run.name == "custom_cnn-32-f4-c2-e1-bs8-mi16-wc-aug-XR_WRIST"  # named after its parameters
     assert len(run.history) == 1 and run.best_epoch()["epoch"] == 1 and ("study", "overall") in run.evaluation.index
     assert run.card["config"]["params"]["cells"] == 2
     twin = tmp_path / "runs" / "twin"

@@ -9,6 +9,7 @@ import, to answer ``--help``, and their reporting helpers are exercised.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def run_script(name: str, *args: str, timeout: int = 120) -> dict[str, float]:
 def load(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # the importlib recipe: dataclasses look their module up while executing it
     spec.loader.exec_module(module)
     return module
 
@@ -65,7 +67,7 @@ def test_memory_quick(tmp_path):
     assert {len(list(p.glob("*.png"))) for p in {q.parent for q in pngs}} <= {1, 2, 3, 4}
 
 
-@pytest.mark.parametrize("name", ["scoring", "input_pipeline"])
+@pytest.mark.parametrize("name", ["scoring", "input_pipeline", "gpu"])
 def test_tensorflow_benchmarks_import_and_answer_help(name):
     done = subprocess.run(
         [sys.executable, str(BENCH / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=60
@@ -110,3 +112,82 @@ def test_common_helpers(tmp_path):
     pngs = sorted(root.rglob("*.png"))
     assert len(pngs) == 9 and len({p.stat().st_ino for p in pngs}) == 4  # hard links into a pool of 4
     assert common.make_png_folder(tmp_path / "tree", 9, distinct=4, size=64) == root  # reused
+
+
+def run_gpu_script(tmp_path, *args: str, timeout: int = 300) -> tuple[dict[str, float], str]:
+    """gpu.py with every GPU hidden (CUDA_VISIBLE_DEVICES=-1): its figures and its whole stdout."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}
+    command = [sys.executable, str(BENCH / "gpu.py"), "--work", str(tmp_path), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    figures = {}
+    for line in done.stdout.splitlines():
+        match = LINE.match(line)
+        assert match or line.startswith("#"), f"unexpected output line: {line!r}"
+        if match:
+            figures[f"{match[1]} {match[2]}"] = float(match[3])
+    return figures, done.stdout
+
+
+def test_gpu_script_without_a_gpu_says_so_and_exits_0(tmp_path):
+    figures, out = run_gpu_script(tmp_path)
+    assert figures == {} and "# no GPU:" in out and "# needs: tensorflow" in out
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_gpu_script_cpu_smoke_runs_every_part_on_the_cpu(tmp_path):
+    """--cpu-smoke: tiny custom_cnn training steps (fp32, mixed + XLA), export by the project's exporter, ORT CPU."""
+    import onnx
+
+    figures, out = run_gpu_script(tmp_path, "--cpu-smoke")
+    assert "# no GPU:" in out
+    fp32, mixed = figures["RESULT train_step_img_s[fp32]"], figures["RESULT train_step_img_s[mixed_xla]"]
+    assert fp32 > 0 and mixed > 0
+    assert figures["RATIO train_mixed_xla_vs_fp32"] == pytest.approx(mixed / fp32, rel=1e-2)  # one repeat
+    assert figures["RESULT ort_cpu_fp32_img_s"] > 0
+    assert "RESULT ort_cuda_fp32_img_s" not in figures  # GPUs hidden: no CUDA figure, no ratio
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "custom_cnn-32.onnx")).metadata_props}
+    assert props["plugin"] == "custom_cnn" and props["input_size"] == "32"
+
+
+def test_loader_quick(tmp_path):
+    figures = run_script("loader.py", "--quick", "--work", str(tmp_path))
+    new, old = figures["RESULT loader_img_s"], figures["RESULT pillow_loader_img_s"]
+    assert new > 0 and old > 0
+    assert figures["RATIO loader_vs_pillow"] == pytest.approx(new / old, rel=1e-3)
+    assert figures["RESULT loader_img_s[grey]"] > 0 and figures["RESULT loader_img_s[rgb]"] > 0  # both modes
+    assert figures["RESULT loader_max_abs_diff"] <= 1  # the documented tolerance of the libspng path
+
+
+def test_full_valid_quick(tmp_path):
+    figures = run_script("full_valid.py", "--quick", "--work", str(tmp_path), timeout=300)
+    wall = figures["RESULT full_valid_wall_s"]
+    pngs = list((tmp_path / "set" / "MURA-v1.1" / "valid").rglob("*.png"))
+    studies = {p.parent for p in pngs}
+    assert {p.parts[-4] for p in pngs} == set(load("full_valid").VALID)  # the seven MURA parts
+    assert figures["RESULT full_valid_studies_per_s"] == pytest.approx(len(studies) / wall, rel=1e-3)
+    assert figures["RESULT full_valid_img_s"] == pytest.approx(len(pngs) / wall, rel=1e-3)
+    shares = figures["RESULT full_valid_decode_share"] + figures["RESULT full_valid_inference_share"]
+    assert shares == pytest.approx(1, abs=1e-3)  # printed to 4 significant digits
+    assert len(list((tmp_path / "models" / "tiny-64").glob("*.onnx"))) == 8  # one generalist + seven specialists
+
+
+def test_augmentation_report_lines(capsys):
+    """input_pipeline.py's augmentation ratios are medians of per-round ratios (both sides ran back to back)."""
+    bench = load("input_pipeline")
+    values = {
+        "augment": [400.0, 300.0, 500.0],
+        "augment_before": [200.0, 100.0, 250.0],
+        "augment_all_channels": [300.0, 200.0, 250.0],
+        "tfdata": [240.0, 200.0, 220.0],
+        "tfdata_before": [120.0, 200.0, 110.0],
+    }
+    bench.report_augmentation(values, 2)
+    out = capsys.readouterr().out
+    for line in out.splitlines():
+        assert LINE.match(line), line
+    assert "RESULT augment_img_s 400" in out and "RESULT train_input_img_s 220" in out
+    assert "RATIO augment_vs_before 2  # goal >= 1.7" in out  # rounds 2, 3, 2
+    assert "RATIO augment_all_channels_vs_before 1.5" in out  # rounds 1.5, 2, 1
+    assert "RATIO train_input_vs_before 2" in out  # rounds 2, 1, 2

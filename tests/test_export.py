@@ -55,7 +55,7 @@ def tiny_model(size: int = 32):
 
 def test_run_metadata_and_dynamic_batch(run_dir):
     meta = read_onnx_metadata(run_dir / "model.onnx")
-    assert meta["body_parts"] == "XR_WRIST" and meta["model_name"] == "custom_cnn-XR_WRIST"
+    assert meta["body_parts"] == "XR_WRIST" and meta["model_name"] == "custom_cnn-32-f4-c2-e1-bs8-mi16-wc-aug-XR_WRIST"
     session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     assert inp.shape[1:] == [32, 32, 3] and isinstance(inp.shape[0], str)

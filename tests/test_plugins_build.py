@@ -18,11 +18,13 @@ import pytest
 
 pytestmark = [pytest.mark.tf]
 
+from test_explain_parity import check_grad_cam_parity, parity_images  # noqa: E402
+
 from mura_ens.errors import PluginError, UsageError  # noqa: E402
 from mura_ens.registry import get_plugin  # noqa: E402
 from mura_ens.training import train  # noqa: E402
 from mura_ens.training.backbones import imagenet_normalization, parse_head  # noqa: E402
-from mura_ens.training.export import read_onnx_metadata  # noqa: E402
+from mura_ens.training.export import load_best_model, read_onnx_metadata  # noqa: E402
 from mura_ens.training.tf_runtime import import_tensorflow  # noqa: E402
 from mura_ens.training.trainer import build_model  # noqa: E402
 
@@ -49,7 +51,7 @@ def one_step(plugin: str, data, out: Path, **kwargs) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plugin", ["custom_cnn", "densenet201", "resnet50"])
+@pytest.mark.parametrize("plugin", ["custom_cnn", "feedforward_cnn", "densenet201", "resnet50"])
 def test_builtin_trains_one_step_and_exports_with_parity(plugin, synth_small, tmp_path):
     run = one_step(plugin, synth_small["root"], tmp_path)
     for name in ("model.onnx", "card.json", "history.tsv", "evaluation.json", "curves.png", "best.keras"):
@@ -64,6 +66,11 @@ def test_builtin_trains_one_step_and_exports_with_parity(plugin, synth_small, tm
     assert meta["body_parts"] == "" and meta["input_size"] == "64" and meta["resize_policy"] == "stretch"
     assert float(meta["threshold"]) == 0.5 and meta["mura_ens_version"]
     assert card["onnx_metadata"] == meta
+    # Heatmaps (docs/explain.md): the run's explain artifact gives Keras' Grad-CAM (tests/test_explain_parity.py).
+    assert card["export"]["explain"]["written"] and card["export"]["explain"]["method"] == "cam", card["export"]
+    feature_layer = getattr(get_plugin(plugin), "feature_layer", None)
+    model = load_best_model(run / "best.keras", plugin=plugin)
+    check_grad_cam_parity(run / "model.onnx", model, parity_images(run), feature_layer=feature_layer)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from mura_ens.plugin import GENERALIST, SPECIALIST_FAMILY, parse_param_strings, 
 BUILTINS = {
     "custom_cnn": ("mura-ens-custom-cnn", GENERALIST),
     "densenet201": ("mura-ens-densenet201", GENERALIST),
+    "feedforward_cnn": ("mura-ens-feedforward-cnn", GENERALIST),
     "resnet50": ("mura-ens-resnet50", GENERALIST),
     "specialists": ("mura-ens-specialists", SPECIALIST_FAMILY),
 }
@@ -163,7 +164,7 @@ def test_bad_params_give_one_line(items, expected):
 def test_builtin_defaults_match_the_issue():
     cnn = registry.get_plugin("custom_cnn").defaults
     assert (cnn["starting_filters"], cnn["cells"], cnn["convs_per_cell"], cnn["pooling"]) == (32, 6, 1, "max")
-    assert cnn["batch_norm"] is True and cnn["dropout"] == 0.25
+    assert cnn["batch_norm"] is True and cnn["dropout"] == 0.25 and cnn["spatial_dropout"] == 0
     dense = registry.get_plugin("densenet201").defaults
     assert dense["trainable_after"] == 606 and dense["pooling"] == "avg" and dense["dropout"] == 0.25
     assert set(registry.get_plugin("resnet50").defaults) == set(dense)

@@ -56,5 +56,6 @@ def test_two_seeded_runs_give_identical_files(synth_small, tmp_path):
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
     for file in ("model.onnx", "evaluation.json"):
-        first = (tmp_path / "a" / "custom_cnn" / file).read_bytes()
-        assert first == (tmp_path / "b" / "custom_cnn" / file).read_bytes(), file
+        name = "custom_cnn-32-f4-c2-e2-bs8-s1-wc-aug"  # named after its parameters (training/run_names.py)
+        first = (tmp_path / "a" / name / file).read_bytes()
+        assert first == (tmp_path / "b" / name / file).read_bytes(), file

@@ -46,6 +46,8 @@ TINY = [
     "--max-images",
     "40",
 ]
+#: The run folder TINY trains (named after its parameters; the strategy is not part of the name).
+RUN_NAME = "custom_cnn-32-f4-c3-e1-bs4-mi40-wc-aug"
 TIMEOUT_S = 300
 
 
@@ -222,7 +224,7 @@ def test_mirrored_on_two_logical_cpus(synth_small, tmp_path):
     command = _train_command(synth_small["root"], out, "--strategy", "mirrored")
     [(code, stdout, stderr)] = _run_all([(command, _env(**{LOGICAL_CPUS_ENV: "2"}))], tmp_path)
     assert code == 0, stderr
-    run = out / "custom_cnn"
+    run = out / RUN_NAME
     assert stdout.strip() == str(run)
     assert "strategy: mirrored, 2 replica(s), global batch 8 (4 per replica), lr 0.001" in stderr
     card = _check_run_folder(run)
@@ -256,8 +258,8 @@ def test_multiworker_two_local_processes(synth_small, tmp_path):
     assert chief_code == 0, chief_err
     assert worker_code == 0, worker_err
 
-    assert [p.name for p in out.iterdir()] == ["custom_cnn"]
-    run = out / "custom_cnn"
+    assert [p.name for p in out.iterdir()] == [RUN_NAME]
+    run = out / RUN_NAME
     assert chief_out.strip() == str(run) and worker_out.strip() == ""
     card = _check_run_folder(run)
     training = card["training"]

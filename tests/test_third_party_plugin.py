@@ -51,7 +51,7 @@ def test_third_party_plugin_is_listed_by_the_cli(tmp_path):
     broken = next(line for line in result.stdout.splitlines() if " broken_example " in line)
     assert " broken " in broken and "mura-ens-broken-plugin 0.1.0" in broken
     assert "ModuleNotFoundError" in result.stdout
-    for builtin in ("custom_cnn", "densenet201", "resnet50", "specialists"):
+    for builtin in ("custom_cnn", "densenet201", "feedforward_cnn", "resnet50", "specialists"):
         assert f" {builtin} " in result.stdout
 
     only = dict(env, MURA_ENS_PLUGINS="tiny")

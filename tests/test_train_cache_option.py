@@ -45,7 +45,7 @@ def test_train_with_cache_fills_it_once_and_reuses_it(synth_small, tmp_path, cap
     state = np.asarray(cache.state)
     assert len(state) == index["count"] > 0 and (state != 0).all()
     assert cache.n_cached == index["count"] - 1
-    card = json.loads((tmp_path / "a" / "custom_cnn" / "card.json").read_text())
+    card = json.loads((tmp_path / "a" / "custom_cnn-32-f4-c3-e2-wc-aug" / "card.json").read_text())
     assert card["config"]["cache"] == str(cache_dir)
 
     before = (entry / "images.u8").stat().st_mtime_ns

@@ -195,7 +195,8 @@ def test_specialists_give_one_tagged_model_per_body_part(synth_small, tmp_path):
         val_fraction=0.4,
     )
     runs = train("specialists", manifest, tmp_path / "runs", options)
-    assert [run.name for run in runs] == ["specialists-custom_cnn-XR_HAND", "specialists-custom_cnn-XR_WRIST"]
+    stem = "specialists-custom_cnn-32-f4-c2-e1-bs8-vf0.4-wc-aug"  # named after the parameters, plus the part
+    assert [run.name for run in runs] == [f"{stem}-XR_HAND", f"{stem}-XR_WRIST"]
     for run, part in zip(runs, ("XR_HAND", "XR_WRIST")):
         meta = read_onnx_metadata(run / "model.onnx")
         assert meta["body_parts"] == part and meta["plugin"] == "specialists" and meta["base_plugin"] == "custom_cnn"
@@ -232,15 +233,15 @@ def test_train_cli_done_when(synth_small, tmp_path, capsys):
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    run = out / "custom_cnn"
+    run = out / "custom_cnn-64-e2-wc-aug"  # named after the parameters that differ from the defaults
     assert captured.out.strip() == str(run)
     for name in RUN_FILES:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "epoch 1/2" in captured.err and "epoch 2/2" in captured.err
-    assert "mura-ens: warning: custom_cnn: train: dropped 1 of " in captured.err
+    assert f"mura-ens: warning: {run.name}: train: dropped 1 of " in captured.err
     assert "image(s) that could not be loaded (1 empty_file)" in captured.err
-    assert not [p for p in out.iterdir() if p.name != "custom_cnn"]  # no partial folder left beside the run
+    assert not [p for p in out.iterdir() if p.name != run.name]  # no partial folder left beside the run
 
     card = json.loads((run / "card.json").read_text())
     assert card["onnx_max_abs_diff"] <= 1e-4
@@ -252,7 +253,7 @@ def test_train_cli_done_when(synth_small, tmp_path, capsys):
     quirks = synth_small["quirk_files"]
     assert card["data"]["images_not_loaded"] == {quirks["truncated"]: "truncated", quirks["zero_byte"]: "empty_file"}
     assert card["data"]["images_dropped"]["test"] == 1 and sum(card["data"]["images_dropped"].values()) == 2
-    assert any(note.startswith("custom_cnn: test: dropped 1 of ") for note in card["notes"])
+    assert any(note.startswith(f"{run.name}: test: dropped 1 of ") for note in card["notes"])
     assert card["data"]["skipped_files"] == 1  # the planted macOS ._image1.png
 
     history = read_history(run / "history.tsv")

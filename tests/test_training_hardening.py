@@ -35,6 +35,8 @@ from mura_ens.training.history import progress_line, read_history
 
 TINY = ["--plugin", "custom_cnn", "--epochs", "1", "--image-size", "32", "--batch-size", "16"]
 TINY += ["-p", "cells=2", "-p", "starting_filters=4", "--no-augment"]
+#: The run TINY trains is named after its parameters (mura_ens/training/run_names.py).
+TINY_NAME = "custom_cnn-32-f4-c2-e1-bs16-wc"
 
 
 def _manifest(synth_small) -> pd.DataFrame:
@@ -368,7 +370,8 @@ def test_unreadable_training_images_stop_the_run_and_keep_nothing(which, synth_s
     assert main(_train(data, out)) == 2
     err = capsys.readouterr().err
     (line,) = [x for x in err.splitlines() if x.startswith("mura-ens: error:")]
-    assert "custom_cnn: no readable training image: none of the" in line and "parity" not in line, err
+    assert f"{TINY_NAME}: no readable training image: none of the" in line, err
+    assert "parity" not in line, err
     assert os.listdir(out) == []  # no run folder, no partial folder
 
 
@@ -391,18 +394,19 @@ def test_warnings_that_matter_go_to_stderr_and_the_card(synth_small, tmp_path, c
     assert main(_train(data, out, "--body-part", "XR_WRIST")) == 0
     err = capsys.readouterr().err
     warned = [x.removeprefix("mura-ens: warning: ") for x in err.splitlines() if x.startswith("mura-ens: warning:")]
+    name = f"{TINY_NAME}-XR_WRIST"  # named after its parameters, plus the body part
     expected = [
-        "custom_cnn-XR_WRIST: the validation fold has normal studies only",
-        "custom_cnn-XR_WRIST: 1 patient(s) are both in the training data",
-        f"custom_cnn-XR_WRIST: train: dropped 1 of {listed['train']} image(s) that could not be loaded (1 ",
-        f"custom_cnn-XR_WRIST: test: dropped 1 of {listed['test']} image(s) that could not be loaded (1 ",
+        f"{name}: the validation fold has normal studies only",
+        f"{name}: 1 patient(s) are both in the training data",
+        f"{name}: train: dropped 1 of {listed['train']} image(s) that could not be loaded (1 ",
+        f"{name}: test: dropped 1 of {listed['test']} image(s) that could not be loaded (1 ",
     ]
     for start in expected:
         assert sum(line.startswith(start) for line in warned) == 1, (start, warned)
     epoch = next(x for x in err.splitlines() if x.startswith("epoch 1/1"))
     assert "val loss" in epoch and "| val loss " in epoch and " auc n/a " in epoch.split("|")[1], epoch
 
-    run = out / "custom_cnn-XR_WRIST"
+    run = out / name
     assert _visible(out) == [run.name] and os.listdir(out) == [run.name]
     card = json.loads((run / "card.json").read_text())
     assert all(w in card["notes"] for w in warned)
@@ -503,8 +507,9 @@ def test_kill_9_never_leaves_a_run_that_score_uses(synth_small, tmp_path, capsys
     assert main(args) == 0
     err = capsys.readouterr().err
     assert err.count("an unfinished run of this configuration whose process is gone") == 1
-    assert os.listdir(out) == ["custom_cnn"]
-    assert list(find_model_files(out).files) == [out / "custom_cnn" / "model.onnx"]
+    name = TINY_NAME.replace("-wc", "-mi24-wc")  # --max-images 24 is part of the name
+    assert os.listdir(out) == [name]
+    assert list(find_model_files(out).files) == [out / name / "model.onnx"]
 
 
 def test_a_partial_folder_holding_its_card_is_not_scored(run_dir, tmp_path):

@@ -146,7 +146,8 @@ def test_specialists_start_from_the_generalist_weights(synth_small, tmp_path, mo
     # No --image-size, no --param: both come from the generalist's run (the plugin's default would be 256 px).
     warm = replace(options, image_size=None, params={}, init_from=generalist)
     runs = train("specialists", manifest, tmp_path / "runs", warm)
-    assert [run.name for run in runs] == ["specialists-custom_cnn-XR_HAND", "specialists-custom_cnn-XR_WRIST"]
+    stem = "specialists-custom_cnn-32-f4-c2-e1-bs8-vf0.4-init-wc-aug"  # the generalist's size and params
+    assert [run.name for run in runs] == [f"{stem}-XR_HAND", f"{stem}-XR_WRIST"]
 
     source = load_best_model(generalist / "best.keras").get_weights()
     generalist_card = json.loads((generalist / "card.json").read_text())

@@ -1,4 +1,5 @@
-"""`mura-ens export RUN_DIR...`: re-export best.keras to model.onnx (parity-checked), or quantize it to int8.
+"""`mura-ens export RUN_DIR...`: re-export best.keras to model.onnx (parity-checked) with the explain artifact
+(heatmaps, docs/explain.md), or quantize it to int8.
 
 A thin wrapper over :func:`mura_ens.export`, one run folder after the other (folders and globs).
 """
@@ -47,6 +48,9 @@ def export_command(
     ] = False,
 ) -> None:
     """Convert RUN_DIR/best.keras to RUN_DIR/model.onnx after checking ONNX vs Keras parity; or quantize it (--quantize int8).
+
+    The export also writes what `score --explain` draws heatmaps with (explain.json, explain.npz);
+    runs exported before heatmaps existed get them this way.
 
     Several run folders (or globs, e.g. a specialists family: runs/specialists*)
     are done one after the other, one line per run; a run that fails prints
@@ -114,9 +118,15 @@ def expand_run_dirs(patterns: list[Path]) -> tuple[list[Path], list[str]]:
 def _export_line(exported) -> str:
     """One line about an :class:`~mura_ens.training.export.ExportedRun`."""
     meta = exported.metadata
+    explain = exported.export.get("explain") or {}
+    heatmaps = (
+        f"heatmaps {explain.get('method')} from {explain.get('feature_layer')}"
+        if explain.get("written")
+        else f"no heatmaps: {explain.get('reason')}"
+    )
     return (
         f"{exported.path}  (plugin {meta.plugin}, body parts {','.join(meta.body_parts) or 'all'}, "
-        f"input {meta.input_size} px, ONNX vs Keras max |diff| {exported.onnx_max_abs_diff:.2g})"
+        f"input {meta.input_size} px, ONNX vs Keras max |diff| {exported.onnx_max_abs_diff:.2g}; {heatmaps})"
     )
 
 

@@ -9,7 +9,7 @@ from ..constants import DEBUG_ENV
 from ..errors import ManifestError, RunFailed, UsageError
 
 # Importing a command module registers its command on ``app``.
-from . import demo, evaluate, export, fit_ensemble, manifest, plugins, score, synth, train  # noqa: F401
+from . import compare, demo, evaluate, export, fit_ensemble, manifest, plugins, score, synth, train  # noqa: F401
 from ._app import app
 
 

@@ -15,7 +15,8 @@ def manifest_command(
     source: Annotated[
         Path,
         typer.Argument(
-            help="MURA-layout folder (any depth), folder holding the official CSVs, or a manifest CSV to validate.",
+            help="MURA-layout folder (any depth; DICOM files anywhere in it), folder holding the official CSVs, "
+            "or a manifest CSV to validate.",
             show_default=False,
         ),
     ],
@@ -26,6 +27,27 @@ def manifest_command(
         Path | None,
         typer.Option("--root", help="Folder the official CSV paths are relative to (the one holding MURA-v1.1/)."),
     ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            metavar="CSV",
+            help="Labels to join: a CSV with label and study (study key or DICOM StudyInstanceUID) or path columns.",
+        ),
+    ] = None,
+    pseudonymize: Annotated[
+        bool,
+        typer.Option(
+            "--pseudonymize",
+            help="Replace patient ids (and DICOM study UIDs) by keyed hashes in both files, paths included (docs/dicom.md).",
+        ),
+    ] = False,
+    pseudonym_key: Annotated[
+        str | None,
+        typer.Option(
+            "--pseudonym-key", metavar="KEY", help="Key of --pseudonymize (default: $MURA_ENS_PSEUDONYM_KEY)."
+        ),
+    ] = None,
 ) -> None:
     """Write a manifest (path, study, patient, body_part, label, split) and list every skipped file."""
     from rich import box
@@ -33,8 +55,10 @@ def manifest_command(
     from rich.table import Table
 
     from ..data.manifest import build_manifest
+    from ..pseudonym import key_for
 
-    result = build_manifest(source, out, root=root)
+    key = key_for(pseudonymize, pseudonym_key)
+    result = build_manifest(source, out, root=root, labels=labels, pseudonym_key=key)
     summary = result["summary"]
     kinds = ["normal", "abnormal"] + (["unknown"] if summary.loc["all", "images_unknown"] else [])
     table = Table(

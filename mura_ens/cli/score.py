@@ -16,7 +16,8 @@ from ._app import app
 _Input = Annotated[
     Path,
     typer.Argument(
-        metavar="INPUT", help="MURA-layout folder (any depth), folder with the official CSVs, or manifest CSV."
+        metavar="INPUT",
+        help="MURA-layout folder (any depth; DICOM files anywhere in it), folder with the official CSVs, or manifest CSV.",
     ),
 ]
 _Models = Annotated[
@@ -46,6 +47,36 @@ _Tta = Annotated[
         metavar="none|flip",
         help="Test-time augmentation: flip = mean probability over each image and its horizontal mirror.",
     ),
+]
+_Explain = Annotated[
+    int,
+    typer.Option(
+        "--explain",
+        metavar="K",
+        help="Heatmap overlays (CAM/Grad-CAM, no TensorFlow) of the K studies of highest probability and, with labels, "
+        "the K worst false positives and false negatives: heatmaps/ in --out and a gallery in the report (0: none).",
+    ),
+]
+_Labels = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels",
+        metavar="CSV",
+        help="Labels to join onto the input: a CSV with label and study (study key or DICOM StudyInstanceUID) "
+        "or path columns; they replace the folder names' labels (docs/dicom.md).",
+    ),
+]
+_Pseudonymize = Annotated[
+    bool,
+    typer.Option(
+        "--pseudonymize",
+        help="Replace patient ids (and DICOM study UIDs) by keyed hashes (HMAC-SHA256) in every output file, "
+        "paths included (docs/dicom.md).",
+    ),
+]
+_PseudonymKey = Annotated[
+    str | None,
+    typer.Option("--pseudonym-key", metavar="KEY", help="Key of --pseudonymize (default: $MURA_ENS_PSEUDONYM_KEY)."),
 ]
 _Out = Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")]
 _BatchSize = Annotated[int, typer.Option("--batch-size", metavar="N", help="Images per inference call.")]
@@ -104,6 +135,10 @@ def score_command(
     ensemble: _Ensemble = "body_part",
     ensemble_file: _EnsembleFile = None,
     tta: _Tta = "none",
+    explain: _Explain = 0,
+    labels: _Labels = None,
+    pseudonymize: _Pseudonymize = False,
+    pseudonym_key: _PseudonymKey = None,
     out: _Out = Path("results"),
     batch_size: _BatchSize = 32,
     workers: _Workers = None,
@@ -136,6 +171,10 @@ def score_command(
         precision=precision,
         tta=tta,
         ensemble_file=ensemble_file,
+        explain=explain,
+        labels=labels,
+        pseudonymize=pseudonymize,
+        pseudonym_key=pseudonym_key,
     )
     try:
         with warnings.catch_warnings(record=True) as caught:  # shown below as one line each

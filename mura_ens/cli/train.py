@@ -65,7 +65,22 @@ ParamOpt = Annotated[
 BaseOpt = Annotated[
     str | None, typer.Option("--base", help="Base plugin of a specialist family [default: custom_cnn].")
 ]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Run name [default: the plugin name, plus the body part].")]
+NameOpt = Annotated[
+    str | None,
+    typer.Option("--name", help="Run name [default: from the parameters, e.g. densenet201-224-tla690-e20-wc-aug]."),
+]
+_OVERWRITE_HELP = (
+    "Retrain even when the run folder holds a finished run of this configuration and data (reused otherwise), "
+    "or, with --name, of another configuration (an error otherwise); the new run replaces it when finished."
+)
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP)]
+TensorBoardOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tensorboard/--no-tensorboard",
+        help="TensorBoard logs in RUN/tensorboard (per-epoch loss, AUC, kappa, lr; the graph).",
+    ),
+]
 ResizeOpt = Annotated[str, typer.Option("--resize-policy", help="stretch (as the MURA paper) or pad.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache", metavar="DIR", help=_CACHE_HELP)]
 MixedOpt = Annotated[
@@ -108,12 +123,17 @@ def train_command(
     xla: XlaOpt = None,
     strategy: StrategyOpt = "auto",
     init_from: InitFromOpt = None,
+    overwrite: OverwriteOpt = False,
+    tensorboard: TensorBoardOpt = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Train, evaluate on the test split (MURA valid) and export model.onnx; print the run folder(s).
 
     Writes OUT/<run>/{history.tsv, curves.png, best.keras, evaluation.json,
-    card.json, model.onnx}. A specialist family (e.g. --plugin specialists)
+    card.json, model.onnx, model.txt, tensorboard/}; <run> is named after the
+    parameters unless --name is given. A finished run of the same configuration
+    and data already there is reused (said, nothing retrained) unless --overwrite.
+    A specialist family (e.g. --plugin specialists)
     writes one run per body part present in the data; with --init-from RUN_DIR
     each starts from that run's weights (warm-started specialists). With
     --strategy multiworker only the chief writes and prints run folders.
@@ -144,6 +164,8 @@ def train_command(
         strategy=strategy,
         cache=cache,
         init_from=init_from,
+        overwrite=overwrite,
+        tensorboard=tensorboard,
     )
     from ..training.checks import training_warnings_as_lines
 

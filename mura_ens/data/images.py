@@ -1,4 +1,22 @@
-"""Image decoding and resizing with Pillow: any input mode in, uint8 RGB out.
+"""Image decoding and resizing: any input mode in, uint8 RGB out.
+
+**Decoders.** PNGs of the kinds radiographs are stored as (8/16-bit grey,
+8-bit RGB) are decoded by libspng (from the ``pyspng`` wheel, through its C
+API with the GIL released: :mod:`mura_ens.data.png_fast`); everything else,
+and any PNG that path declines (a damaged file, no libspng on this
+platform), by Pillow, as before. ``backend="pillow"`` forces the Pillow
+path everywhere (the loader as it was before libspng; kept for
+comparisons: ``benchmarks/loader.py``). On the libspng path an RGB
+image whose three channels are equal (half of MURA's radiographs are stored
+so) becomes one grey channel before resizing, and 16-bit grey is scaled by the
+same rule as below. **Tolerance:** both paths give the same pixels: the
+resize filter and the 16-bit rule are Pillow's and this module's in both, and
+resizing one channel gives what resizing three equal ones gives channel by
+channel. ``tests/test_images_fast.py`` holds every pixel to max |difference|
+<= 1 grey level against ``backend="pillow"`` and observes 0. Bad files get
+the same statuses: the byte and pixel caps are checked from the PNG header
+before anything is decoded, and whatever libspng does not decode cleanly is
+decoded by Pillow, whose outcome (pixels or status) is then the answer.
 
 Choices (documented because they change pixels):
 
@@ -27,7 +45,10 @@ process, share :data:`DECODE_BUDGET` (:class:`MemoryBudget`, a semaphore on
 bytes): a thread whose image does not fit waits until others release theirs
 (:func:`decoded` holds the reservation until the caller is done with the
 image). The 16/32-bit scaling works in bands of rows (a lookup table for
-16 bits), so it never holds the float64 copies of a whole image.
+16 bits), so it never holds the float64 copies of a whole image. The libspng
+path reserves its own cost (:meth:`png_fast.PngHeader.cost`: 1, 5 or 7 bytes
+a pixel for 8-bit grey, 16-bit grey, RGB, plus the file read whole); an
+image over ``max_bytes`` that way but not Pillow's is decoded by Pillow.
 """
 
 from __future__ import annotations
@@ -37,12 +58,15 @@ import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UsageError
 from ..run_folder import RESIZE_POLICIES  # stretch (MURA paper) or pad to square; part of the model metadata contract
+from . import png_fast
+from .dicom import DICOM_STATUSES, MAGIC, PREAMBLE_BYTES, starts_as_dicom
 
 #: Images with more pixels than this raise ``ImageError(status="too_large")``.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -52,8 +76,18 @@ DEFAULT_MAX_BYTES = 256 * 2**20
 #: Bytes that all the images being decoded in this process may take together (:data:`DECODE_BUDGET`).
 DEFAULT_DECODE_BUDGET = 512 * 2**20
 
-#: Every value ``ImageError.status`` can take.
-IMAGE_STATUSES: tuple[str, ...] = ("unreadable", "not_an_image", "truncated", "empty_file", "too_large")
+#: Decoder choices: ``auto`` (libspng for the PNGs it takes, else Pillow) or ``pillow`` (Pillow for every file).
+BACKENDS: tuple[str, ...] = ("auto", "pillow")
+
+#: Every value ``ImageError.status`` can take (DICOM files add theirs: :mod:`mura_ens.data.dicom`).
+IMAGE_STATUSES: tuple[str, ...] = (
+    "unreadable",
+    "not_an_image",
+    "truncated",
+    "empty_file",
+    "too_large",
+    *DICOM_STATUSES,
+)
 
 # Leading bytes of formats we may meet; a file that starts like one of these
 # but cannot be opened is a damaged image, not a non-image.
@@ -151,7 +185,11 @@ def decode_cost(img: Image.Image) -> int:
 
 
 def decode(
-    path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+    path: str | os.PathLike,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    backend: str = "auto",
 ) -> Image.Image:
     """Open and fully decode ``path``; return an 8-bit ``"L"`` or ``"RGB"`` image.
 
@@ -168,9 +206,10 @@ def decode(
     to decode: :func:`decode_cost`) or ``unreadable`` (missing file, dangling
     symlink, permission or I/O error). Decodes within :data:`DECODE_BUDGET`; a caller
     that keeps working on the large image (resizing it) should use
-    :func:`decoded`, which holds the reservation meanwhile.
+    :func:`decoded`, which holds the reservation meanwhile. ``backend``: one
+    of :data:`BACKENDS` (module docstring).
     """
-    with decoded(path, max_pixels=max_pixels, max_bytes=max_bytes) as img:
+    with decoded(path, max_pixels=max_pixels, max_bytes=max_bytes, backend=backend) as img:
         return img
 
 
@@ -181,22 +220,27 @@ def decoded(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     budget: MemoryBudget | None = None,
+    backend: str = "auto",
 ) -> Iterator[Image.Image]:
     """:func:`decode` as a ``with`` block that holds the image's bytes of ``budget`` until it ends.
 
     ``budget`` defaults to the process-wide :data:`DECODE_BUDGET`.
     """
     path = os.fspath(path)
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the reader, a device never end
-            raise ImageError("unreadable", path, f"not a regular file ({_file_kind(info.st_mode)})")
-        if info.st_size == 0:
-            raise ImageError("empty_file", path, "0 bytes")
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise ImageError("unreadable", path, exc.strerror or type(exc).__name__) from exc
+    check_backend(backend)
+    fh, file_bytes = _open_file(path)
     with fh:
+        if _is_dicom_stream(fh):  # by its preamble, whatever the file's name: data/dicom.py decodes it
+            yield from _decoded_dicom(path, max_pixels=max_pixels, max_bytes=max_bytes, budget=budget)
+            return
+        header = _libspng_header(fh, file_bytes, max_pixels, max_bytes) if backend == "auto" else None
+        if header is not None:
+            with (budget if budget is not None else DECODE_BUDGET).reserve(header.cost(file_bytes)):
+                fast = _decode_with_libspng(fh, header)
+                if fast is not None:
+                    yield fast
+                    return
+            fh.seek(0)  # declined: Pillow decides the pixels or the status
         img = _open(fh, path)
         cost = _check_size(img, path, max_pixels=max_pixels, max_bytes=max_bytes)
         with (budget if budget is not None else DECODE_BUDGET).reserve(cost):
@@ -204,6 +248,98 @@ def decoded(
             if img.format not in ("PNG", None):  # EXIF orientation only exists for JPEG/TIFF/WebP
                 img = ImageOps.exif_transpose(img)
             yield to_8bit(img)
+
+
+def _is_dicom_stream(fh) -> bool:
+    """True when the open file is DICOM (``DICM`` after the preamble); the file is rewound either way."""
+    try:
+        head = fh.read(PREAMBLE_BYTES + len(MAGIC))
+        fh.seek(0)
+    except OSError:
+        return False
+    return starts_as_dicom(head)
+
+
+def _decoded_dicom(path: str, *, max_pixels: int, max_bytes: int, budget: MemoryBudget | None) -> Iterator[Image.Image]:
+    """:func:`decoded` for a DICOM file (:mod:`mura_ens.data.dicom`): its failures as :class:`ImageError`."""
+    from .dicom import DicomError, open_dicom
+
+    try:
+        dicom = open_dicom(path, max_pixels=max_pixels, max_bytes=max_bytes)
+    except DicomError as exc:
+        raise ImageError(exc.status, path, exc.detail) from exc
+    with (budget if budget is not None else DECODE_BUDGET).reserve(dicom.cost):
+        try:
+            img = dicom.image()
+        except DicomError as exc:
+            raise ImageError(exc.status, path, exc.detail) from exc
+        yield img
+
+
+def check_backend(backend: str) -> str:
+    """Return ``backend`` if it is one of :data:`BACKENDS`, else raise ``ValueError``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown image backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def _open_file(path: str) -> tuple[BinaryIO, int]:
+    """``path`` opened for reading and its size; ``unreadable`` / ``empty_file`` as :class:`ImageError`."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the reader, a device never end
+            raise ImageError("unreadable", path, f"not a regular file ({_file_kind(info.st_mode)})")
+        if info.st_size == 0:
+            raise ImageError("empty_file", path, "0 bytes")
+        return open(path, "rb"), info.st_size
+    except OSError as exc:
+        raise ImageError("unreadable", path, exc.strerror or type(exc).__name__) from exc
+
+
+def _libspng_header(fh: BinaryIO, file_bytes: int, max_pixels: int, max_bytes: int) -> png_fast.PngHeader | None:
+    """The header of a PNG the libspng path takes, or None; ``fh`` is rewound either way.
+
+    Declined, so that Pillow reports what it always did: no libspng, not a
+    kind of :data:`png_fast.KINDS`, over ``max_pixels`` or Pillow's
+    decompression-bomb limit, or more than ``max_bytes`` to decode this way
+    (Pillow's leaner decode of a large 16-bit image may still fit).
+    """
+    if png_fast.load_libspng() is None:
+        return None
+    try:
+        header = png_fast.read_header(fh.read(png_fast.HEADER_BYTES))
+        fh.seek(0)
+    except OSError:
+        return None
+    bomb = Image.MAX_IMAGE_PIXELS
+    if header is None or header.pixels > max_pixels or (bomb and header.pixels > 2 * bomb):
+        return None
+    return header if header.cost(file_bytes) <= max_bytes else None
+
+
+def _decode_with_libspng(fh: BinaryIO, header: png_fast.PngHeader) -> Image.Image | None:
+    """The 8-bit ``L``/``RGB`` image, or None when libspng cannot be trusted with this file (Pillow decides)."""
+    try:
+        data = fh.read()
+        if not png_fast.chunks_sound(data):
+            return None
+        pixels = png_fast.decode(data, header)
+    except Exception:  # an I/O error, or libspng's RuntimeError: any failure leaves the file to Pillow
+        return None
+    del data
+    if header.kind == "grey16":
+        return Image.fromarray(_scale_uint16(pixels))
+    if header.kind == "rgb8":
+        pixels = _single_channel_if_grey(pixels)
+    return Image.fromarray(pixels)
+
+
+def _single_channel_if_grey(rgb: np.ndarray) -> np.ndarray:
+    """The first channel of an (H, W, 3) array whose three channels are equal (contiguous), else ``rgb``."""
+    first = rgb[..., 0]
+    if np.array_equal(first, rgb[..., 1]) and np.array_equal(first, rgb[..., 2]):
+        return np.ascontiguousarray(first)
+    return rgb
 
 
 _FILE_KINDS = (
@@ -305,8 +441,7 @@ def _scale_to_8bit(img: Image.Image) -> Image.Image:
     factor = 255.0 / (high - low)
     out = np.empty((height, width), dtype=np.uint8)
     if img.mode in _16_BIT_MODES:  # every possible value once, then a lookup per pixel
-        table = np.rint((np.arange(65536, dtype=np.float64) - low) * factor)
-        lut = np.clip(table, 0, 255).astype(np.uint8)  # values outside [low, high] do not occur
+        lut = _lut_16bit(low, high)
         for top, bottom in bands:
             out[top:bottom] = lut[_band(img, top, bottom)]
         return Image.fromarray(out)
@@ -315,6 +450,25 @@ def _scale_to_8bit(img: Image.Image) -> Image.Image:
         scaled = np.nan_to_num((np.where(np.isfinite(values), values, np.nan) - low) * factor, nan=0.0)
         out[top:bottom] = np.rint(scaled).astype(np.uint8)
     return Image.fromarray(out)
+
+
+def _lut_16bit(low: float, high: float) -> np.ndarray:
+    """The 8-bit value of every 16-bit one when ``low``..``high`` (high > low) spans 0..255."""
+    table = np.rint((np.arange(65536, dtype=np.float64) - low) * (255.0 / (high - low)))
+    return np.clip(table, 0, 255).astype(np.uint8)  # values outside [low, high] do not occur
+
+
+def _scale_uint16(values: np.ndarray) -> np.ndarray:
+    """:func:`_scale_to_8bit`'s rule for an (H, W) uint16 array (libspng's 16-bit grey): the same pixels."""
+    height, width = values.shape
+    low, high = int(values.min()), int(values.max())
+    out = np.zeros((height, width), dtype=np.uint8)  # a constant image becomes all zeros
+    if high > low:
+        lut = _lut_16bit(low, high)
+        rows = max(1, _BAND_PIXELS // max(1, width))  # the lookup's index copy stays one band
+        for top in range(0, height, rows):
+            out[top : top + rows] = lut[values[top : top + rows]]
+    return out
 
 
 def _band(img: Image.Image, top: int, bottom: int) -> np.ndarray:
@@ -376,7 +530,7 @@ def resize_rgb(img: Image.Image, size: int, policy: str = "stretch") -> np.ndarr
         out.paste(inner, ((size - new_w) // 2, (size - new_h) // 2))
     pixels = np.asarray(out, dtype=np.uint8)
     if pixels.ndim == 2:
-        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+        pixels = np.stack((pixels, pixels, pixels), axis=-1)  # twice as fast as np.repeat on the channel axis
     return pixels
 
 
@@ -386,11 +540,14 @@ def load_image(
     policy: str = "stretch",
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    backend: str = "auto",
 ) -> np.ndarray:
     """Decode ``path`` and resize it: a ``(size, size, 3)`` uint8 RGB array.
 
     Raises :class:`ImageError` for an unusable file (see :func:`decode`).
+    ``backend``: one of :data:`BACKENDS` (module docstring); ``"pillow"`` is
+    the loader as it was before libspng.
     """
     check_policy(policy)
-    with decoded(path, max_pixels=max_pixels) as img:
+    with decoded(path, max_pixels=max_pixels, backend=backend) as img:
         return resize_rgb(img, size, policy)

@@ -27,19 +27,23 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from ..constants import BODY_PARTS, IMAGE_SUFFIXES, MANIFEST_COLUMNS
+from .dicom import DICOMDIR_REASON, is_dicom, scan_dicom_files
 
 #: Reasons a file or folder can be listed in ``skipped``.
 SKIP_REASONS: dict[str, str] = {
     "appledouble": "macOS AppleDouble metadata file (._*), not an image",
     "hidden": "hidden file or inside a hidden folder",
-    "not_an_image_suffix": "file suffix is not an image suffix",
+    "not_an_image_suffix": "file suffix is not an image suffix (and the file is not DICOM)",
     "outside_study_folder": "image file not directly inside a studyN[_positive|_negative] folder",
     "empty_study": "study folder without any image file",
     "missing_file": "listed in a CSV but not found on disk",
     "not_in_official_csv": "image file in a study folder that the official image CSV does not list",
     "duplicate": "listed more than once",
     "symlinked_folder": "symbolic link to a folder: not followed (a loop or a copy elsewhere would count twice)",
+    DICOMDIR_REASON: "DICOMDIR: the index of a DICOM medium, not an image",
 }
+#: Skip reasons of files that are rows after all when they are DICOM (by the preamble, whatever the name).
+_MAYBE_DICOM = ("not_an_image_suffix", "outside_study_folder")
 
 #: Columns of ``skipped.csv`` (:func:`mura_ens.data.manifest.write_manifest`).
 SKIPPED_COLUMNS: tuple[str, ...] = ("path", "reason")
@@ -234,12 +238,15 @@ def walk_mura(folder: str | os.PathLike) -> ScanResult:
 
     Labels come from the study folder names (``_positive`` 1, ``_negative`` 0,
     no suffix ``<NA>``). Files are visited in a deterministic order and rows
-    are sorted by study, then path.
+    are sorted by study, then path. A DICOM file (by its preamble, any name) in
+    a study folder is an image of that study; anywhere else it is grouped by
+    its header (:func:`mura_ens.data.dicom.scan_dicom_files`).
     """
     root = os.path.abspath(os.fspath(folder))
     real_root = os.path.realpath(root)  # a symlinked folder: read split/part/patient from where it points
     rows: list[dict] = []
     skipped: list[dict] = []
+    loose_dicom: list[str] = []  # DICOM files outside study folders: grouped by their headers
 
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -259,6 +266,11 @@ def walk_mura(folder: str | os.PathLike) -> ScanResult:
                 reason = "hidden"
             if reason is None and info is None:
                 reason = "outside_study_folder"
+            if reason in _MAYBE_DICOM and is_dicom(path):
+                if info is None:
+                    loose_dicom.append(path)
+                    continue
+                reason = None
             if reason is not None or info is None:
                 skipped.append({"path": path, "reason": reason or "outside_study_folder"})
                 continue
@@ -277,8 +289,11 @@ def walk_mura(folder: str | os.PathLike) -> ScanResult:
             if n_images == 0 and not any(_STUDY_RE.match(d) for d in dirnames):
                 skipped.append({"path": dirpath, "reason": "empty_study"})
 
-    manifest = manifest_frame(rows)
-    manifest = _disambiguate_keys(manifest, root)
+    manifest = _disambiguate_keys(manifest_frame(rows), root)
+    if loose_dicom:
+        dicom_rows, dicom_skipped = scan_dicom_files(loose_dicom, root)
+        manifest = manifest_frame(pd.concat([manifest, manifest_frame(dicom_rows)], ignore_index=True))
+        skipped += dicom_skipped
     manifest = sort_manifest(manifest)
     return ScanResult(manifest=manifest, skipped=skipped_frame(skipped, manifest))
 

@@ -31,7 +31,9 @@ ROW_CONVENTION = "row numbers count the header as row 1"
 _LABELS = {"0": 0, "1": 1, "": None}
 
 
-def scan_source(source: str | os.PathLike, root: str | os.PathLike | None = None) -> ScanResult:
+def scan_source(
+    source: str | os.PathLike, root: str | os.PathLike | None = None, *, labels: str | os.PathLike | None = None
+) -> ScanResult:
     """Turn any data source into a :class:`ScanResult`.
 
     - a ``.csv`` manifest: :func:`read_manifest` (``skipped`` is empty);
@@ -39,11 +41,23 @@ def scan_source(source: str | os.PathLike, root: str | os.PathLike | None = None
       reads that split of the official CSVs;
     - a folder holding official CSVs (or whose ``MURA-v1.1/`` does): the
       official reader, paths resolved against ``root``;
-    - any other folder: :func:`mura_ens.data.layout.walk_mura`.
+    - any other folder: :func:`mura_ens.data.layout.walk_mura` (DICOM files
+      anywhere in it included, :mod:`mura_ens.data.dicom`).
+
+    ``labels``: a labels CSV joined onto the rows (:func:`mura_ens.data.labels.join_labels`).
 
     Raises :class:`UsageError` for a missing source, :class:`ManifestError`
-    for an invalid manifest.
+    for an invalid manifest or labels file.
     """
+    result = _scan(source, root)
+    if labels is not None:
+        from .labels import join_labels
+
+        result = ScanResult(manifest=join_labels(result.manifest, labels), skipped=result.skipped)
+    return result
+
+
+def _scan(source: str | os.PathLike, root: str | os.PathLike | None) -> ScanResult:
     path = Path(source).expanduser()
     if not path.exists():
         raise UsageError(f"data source not found: {source}")
@@ -247,8 +261,20 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def build_manifest(source: str | os.PathLike, out: str | os.PathLike, root: str | os.PathLike | None = None) -> dict:
+def build_manifest(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    *,
+    labels: str | os.PathLike | None = None,
+    pseudonym_key: bytes | None = None,
+) -> dict:
     """Scan ``source``, write the manifest to ``out`` (and ``skipped.csv`` beside it).
+
+    ``labels``: a labels CSV joined onto the rows (:func:`mura_ens.data.labels.join_labels`).
+    ``pseudonym_key``: patient ids (and DICOM study UIDs) replaced by keyed pseudonyms in
+    both files, paths included (:mod:`mura_ens.pseudonym`): such a manifest is for sharing,
+    its paths no longer name the files.
 
     Returns ``{"manifest": Path, "skipped_csv": Path, "n_images", "n_studies",
     "n_skipped", "skipped_reasons": {reason: count}, "summary": DataFrame,
@@ -259,7 +285,12 @@ def build_manifest(source: str | os.PathLike, out: str | os.PathLike, root: str 
     check_output_file(out, what="the manifest")
     if Path(out).name == SKIPPED_NAME:
         raise UsageError(f"the manifest cannot be named {SKIPPED_NAME}: that file is written beside it")
-    result = scan_source(source, root=root)
+    result = scan_source(source, root=root, labels=labels)
+    if pseudonym_key is not None:
+        from ..pseudonym import Pseudonymizer, identifiers_of
+
+        hide = Pseudonymizer(pseudonym_key, identifiers_of(result.manifest, result.skipped))
+        result = ScanResult(manifest=hide.frame(result.manifest), skipped=hide.frame(result.skipped))
     manifest_path, skipped_path = write_manifest(result.manifest, out, result.skipped)
     return {
         "manifest": manifest_path,

@@ -6,8 +6,10 @@ resolve providers, load and check the models, scan the input) ->
 of whole studies, stream them through the backend, journal each finished one)
 -> ``_tables`` (image table -> study table, the ensemble) -> ``_metrics``
 (``metrics.json``, :func:`mura_ens.metrics.build_metrics`) -> ``_write_tables``
-(``images.csv``, ``studies.csv``, ``models.json``, ``metrics.json``) -> ``_write_report``
-(``report.html``) -> drop the journal. Every file is written atomically.
+(``images.csv``, ``studies.csv``, ``models.json``, ``metrics.json``) -> ``_write_heatmaps``
+(``--explain K``: ``heatmaps/``, :mod:`~mura_ens.scoring.heatmaps`, always in this
+process and never journalled) -> ``_write_report`` (``report.html``) -> drop the
+journal. Every file is written atomically.
 
 What the run does is a :class:`ScoreSettings` (validated once, when it is
 made); where batches run is a backend object the caller builds
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UsageError
 from ..io import atomic_write_csv, atomic_write_json, file_sha256
 from ..metrics import DEFAULT_BOOTSTRAP, BootstrapSettings, EnsembleInfo
+from ..pseudonym import key_for
 from .backends import Backend, make_backend
 from .ensemble import (
     FITTED,
@@ -63,6 +66,7 @@ if TYPE_CHECKING:  # pandas is imported lazily at run time
     import pandas as pd
 
     from ..fitting.ensemble import FittedEnsemble
+    from ..pseudonym import Pseudonymizer
 
 IMAGES_FILE = "images.csv"
 STUDIES_FILE = "studies.csv"
@@ -116,6 +120,16 @@ class ScoreSettings:
     ensemble_file
         The ``ensemble.json`` of ``mura-ens fit-ensemble``: required with
         ``ensemble="fitted"``, refused with any other ensemble.
+    explain
+        ``K`` > 0: heatmap overlays of the K studies of highest probability (and,
+        with labels, the K worst false positives and false negatives) under
+        ``heatmaps/`` and in the report (:mod:`~mura_ens.scoring.heatmaps`); 0: none.
+    labels
+        A labels CSV joined onto the input (``label`` + ``study`` or ``path``;
+        :func:`mura_ens.data.labels.join_labels`): how a DICOM folder gets labels.
+    pseudonymize, pseudonym_key
+        Replace patient ids (and DICOM study UIDs) by keyed hashes in every output
+        file (:mod:`mura_ens.pseudonym`); the key defaults to ``$MURA_ENS_PSEUDONYM_KEY``.
     """
 
     ensemble: str = "body_part"
@@ -128,6 +142,10 @@ class ScoreSettings:
     bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP
     tta: str = "none"
     ensemble_file: str | os.PathLike | None = None
+    explain: int = 0
+    labels: str | os.PathLike | None = None
+    pseudonymize: bool = False
+    pseudonym_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_ensemble_name(self.ensemble)
@@ -147,7 +165,12 @@ class ScoreSettings:
             raise UsageError(f"bootstrap must be a BootstrapSettings, got {self.bootstrap!r}")
         if self.tta not in TTAS:
             raise UsageError(f"unknown --tta {self.tta!r}; choose one of {', '.join(TTAS)}")
+        if self.explain != 0 and not _is_count(self.explain):
+            raise UsageError(f"--explain must be an integer >= 0 (studies per group), got {self.explain!r}")
         self._check_ensemble_file()
+        if self.labels is not None:
+            object.__setattr__(self, "labels", Path(self.labels))
+        key_for(self.pseudonymize, self.pseudonym_key)  # no key: a one-line error now, before any work
 
     def _check_ensemble_file(self) -> None:
         if self.ensemble == FITTED and self.ensemble_file is None:
@@ -214,6 +237,11 @@ class _Run:
     manifest: pd.DataFrame  # the scan's images, index 0..n-1 (a row's index is its task index)
     skipped: pd.DataFrame  # the scan's skipped files, with their studies
     fitted: _FittedFile | None = None
+    private: Pseudonymizer | None = None  # --pseudonymize
+
+    def hide(self, obj: Any) -> Any:
+        """``obj`` (text, table, rows, JSON) as the output files show it: patient ids pseudonymized with ``--pseudonymize``."""
+        return self.private(obj) if self.private is not None else obj
 
     @property
     def config(self) -> RunnerConfig:
@@ -300,14 +328,17 @@ def _score_prepared(run: _Run, backend: Backend, progress: bool | None, notes: l
     metrics = _metrics(run, images, studies)
     images = images.drop(columns=["counted"])
     unknown = unknown_parts(images)
-    written = _write_tables(run, images, studies, metrics, notes)
-    written["report"] = _write_report(run, (images, studies, metrics), backend.name, unknown)
+    shown = run.hide(images), run.hide(studies), run.hide(metrics)  # what the files say (--pseudonymize)
+    written = _write_tables(run, *shown, notes)
+    gallery = _write_heatmaps(run, _heatmap_tables(run, images, studies), written, notes)
+    gallery = _hide_heatmaps(run, gallery)
+    written["report"] = _write_report(run, shown, backend.name, unknown, gallery)
     journal.remove()
     settings = run.settings
     return ScoreResult(
-        images=images,
-        studies=studies,
-        metrics=metrics,
+        images=shown[0],
+        studies=shown[1],
+        metrics=shown[2],
         models=list(run.models),
         ensemble=settings.ensemble,
         threshold=run.threshold,
@@ -345,13 +376,14 @@ def _prepare(
     check_ensemble(settings.ensemble, models)
     fitted = _load_fitted(settings.ensemble_file, models) if settings.ensemble == FITTED else None
     threshold = resolve_threshold(models, settings.threshold)
-    scan = scan_source(input_path)
+    scan = scan_source(input_path, labels=settings.labels)
     manifest = scan.manifest.reset_index(drop=True)
     if manifest.empty:
         raise UsageError(f"no images found in {input_path}{_skipped_text(scan.skipped)}")
     if fitted is not None:
         fitted = _with_overlap(fitted, manifest["study"])
     run = _Run(input_path, out, settings, models, threshold, providers, manifest, scan.skipped, fitted)
+    run.private = _pseudonymizer(settings, manifest, scan.skipped)
     session = run.config.session
     for model in models:  # load every model once now: an unloadable one stops the run before any work
         get_session(model, session)
@@ -403,8 +435,8 @@ def _with_overlap(fitted: _FittedFile, studies: pd.Series) -> _FittedFile:
 def _open_journal(run: _Run) -> tuple[Journal, list[dict], list[str]]:
     """The run's journal in ``out``, the rows an interrupted run already scored, and notes for the user."""
     settings = run.settings
-    fingerprint = run_fingerprint(
-        run.input_path, run.manifest, run.models, precision=settings.precision, tta=settings.tta
+    fingerprint = run.hide(
+        run_fingerprint(run.input_path, run.manifest, run.models, precision=settings.precision, tta=settings.tta)
     )
     return open_journal(run.out, fingerprint, resume=run.settings.resume)
 
@@ -414,7 +446,7 @@ def _run_batches(
 ) -> ScoredRows:
     """Score every image not already journalled, batch by batch through ``backend``, journalling each batch."""
     manifest = run.manifest
-    _check_journal_rows(done_rows, manifest)
+    _check_journal_rows(done_rows, manifest, run.hide)
     done = {row["index"] for row in done_rows}
     scored = ScoredRows(len(manifest), run.models)
     scored.add(done_rows)
@@ -435,7 +467,7 @@ def _run_batches(
         done_studies=len({studies[i] for i in done}),
     ) as advance:
         for number, rows in backend.map(batches, run.config):
-            journal.append(number, rows)
+            journal.append(number, run.hide(rows))  # the journal is an output file too
             scored.add(rows)
             advance(len(rows), len({studies[r["index"]] for r in rows}))
     return scored
@@ -525,7 +557,7 @@ def _write_tables(
     written = {
         "images": atomic_write_csv(out / IMAGES_FILE, images),
         "studies": atomic_write_csv(out / STUDIES_FILE, studies),
-        "models": atomic_write_json(out / MODELS_FILE, {"models": [m.describe() for m in run.models]}),
+        "models": atomic_write_json(out / MODELS_FILE, run.hide({"models": [m.describe() for m in run.models]})),
     }
     if metrics is not None:
         written["metrics"] = atomic_write_json(out / METRICS_FILE, metrics)
@@ -535,13 +567,66 @@ def _write_tables(
     return written
 
 
-def _write_report(run: _Run, tables: tuple, backend: str, unknown: dict[str, int]) -> Path:
-    """``report.html``: the tables, the metrics as given, failed inputs, unknown body parts and the provenance."""
+def _write_heatmaps(
+    run: _Run, tables: tuple[pd.DataFrame, pd.DataFrame], written: dict[str, Path], notes: list[str]
+) -> dict | None:
+    """``--explain K``: overlays of the selected studies; the report's gallery (None without ``--explain``).
+
+    Computed here, after the (possibly resumed) scoring, whatever the backend.
+    """
+    if not run.settings.explain:
+        return None
+    from .heatmaps import ExplainJob, write_heatmaps
+
+    images, studies = tables
+    job = ExplainJob(
+        run.out, images, studies, tuple(run.models), run.settings.ensemble, run.settings.explain, run.fitted_ensemble
+    )
+    output = write_heatmaps(job)
+    notes.extend(output.notes)
+    if output.index is not None:
+        written["heatmaps"] = output.index
+    return output.gallery
+
+
+def _pseudonymizer(settings: ScoreSettings, manifest: pd.DataFrame, skipped: pd.DataFrame) -> Pseudonymizer | None:
+    """``--pseudonymize``: the input's patient ids and DICOM study UIDs with their keyed pseudonyms (else None)."""
+    key = key_for(settings.pseudonymize, settings.pseudonym_key)
+    if key is None:
+        return None
+    from ..pseudonym import Pseudonymizer, identifiers_of
+
+    return Pseudonymizer(key, identifiers_of(manifest, skipped))
+
+
+def _heatmap_tables(run: _Run, images: pd.DataFrame, studies: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tables ``--explain`` reads: with ``--pseudonymize``, study keys and patients hidden (folder names
+    come from the keys) but the real image paths (it decodes the images)."""
+    if run.private is None:
+        return images, studies
+    ids = ("study", "patient")
+    return run.private.frame(images, only=ids), run.private.frame(studies, only=ids)
+
+
+def _hide_heatmaps(run: _Run, gallery: dict | None) -> dict | None:
+    """With ``--pseudonymize``: ``heatmaps/`` (file names, ``index.csv``) and the report's gallery pseudonymized."""
+    if run.private is None:
+        return gallery
+    from ..pseudonym import hide_tree
+    from .heatmaps import HEATMAPS_DIR
+
+    if (run.out / HEATMAPS_DIR).is_dir():  # also a folder an earlier run left
+        hide_tree(run.out / HEATMAPS_DIR, run.private)
+    return run.hide(gallery)
+
+
+def _write_report(run: _Run, tables: tuple, backend: str, unknown: dict[str, int], gallery: dict | None = None) -> Path:
+    """``report.html``: the tables, the metrics as given, failed inputs, unknown body parts, heatmaps, provenance."""
     from ..report import write_report
 
     images, studies, metrics = tables
     failed = images.loc[images["status"] != OK, ["path", "study", "body_part", "status", "error"]]
-    provenance = _provenance(run, backend)
+    provenance = run.hide(_provenance(run, backend))
     if unknown:  # absent otherwise: the report of an ordinary run is unchanged
         provenance["unknown_body_parts"] = unknown
     return write_report(
@@ -549,9 +634,10 @@ def _write_report(run: _Run, tables: tuple, backend: str, unknown: dict[str, int
         studies=studies,
         images=images,
         metrics=metrics,
-        models=[_model_info(m) for m in run.models],
+        models=run.hide([_model_info(m) for m in run.models]),
         provenance=provenance,
         failed=failed,
+        heatmaps=gallery,
     )
 
 
@@ -634,11 +720,11 @@ def image_table(
     return frame
 
 
-def _check_journal_rows(rows: list[dict], manifest: pd.DataFrame) -> None:
+def _check_journal_rows(rows: list[dict], manifest: pd.DataFrame, hide: Any = None) -> None:
     paths = manifest["path"].to_numpy(dtype=object)
     for row in rows:
         i = row.get("index")
-        if not isinstance(i, int) or not 0 <= i < len(paths) or paths[i] != row.get("path"):
+        if not isinstance(i, int) or not 0 <= i < len(paths) or (hide or str)(paths[i]) != row.get("path"):
             raise UsageError("--resume: the journal does not match the input's images; rerun without --resume")
 
 

@@ -16,6 +16,10 @@ The life of one run of ``mura-ens train`` (:func:`building_run`):
    folders of the *same configuration* whose process is gone (:func:`clean_stale_partials`); it does not
    resume them (a resumed fit would not be the seeded run its card describes). Partial folders of other
    configurations, of processes still running or of other hosts are left alone.
+
+With ``--overwrite`` (``replace=True``) the run keeps its name: the folder already there is moved aside
+to ``.<name>.replaced.partial-<pid>`` (which no reader takes for a finished run) just before the rename,
+and deleted after it; until then the old run stays whole in place.
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ class PartialRun:
     final: Path
     work: Path
     committed: bool = False
+    replace: bool = False  # --overwrite: ``final`` may hold a run, replaced at commit
 
     @property
     def name(self) -> str:
@@ -137,9 +142,14 @@ class PartialRun:
         return self.final.name
 
     def commit(self) -> Path:
-        """Rename ``work`` to ``final`` (``card.json`` must be written); return ``final``."""
+        """Rename ``work`` to ``final`` (``card.json`` must be written); return ``final``.
+
+        With ``replace``, a folder already at ``final`` is moved aside first and deleted afterwards.
+        """
         if not (self.work / CARD_FILE).is_file():
             raise RuntimeError(f"{self.work} has no {CARD_FILE}: a run is committed only once its card is written")
+        if self.replace and os.path.lexists(self.final):
+            return self._commit_replacing()
         try:
             os.rename(self.work, self.final)  # replaces an empty folder of that name on POSIX
         except OSError:
@@ -156,6 +166,28 @@ class PartialRun:
         _sync_folder(self.final.parent)
         return self.final
 
+    def _commit_replacing(self) -> Path:
+        """``final`` moved aside, ``work`` renamed to ``final`` (the old run put back if that fails), then deleted."""
+        aside = self.final.with_name(partial_name(f"{self.final.name}.replaced", os.getpid()))
+        if os.path.lexists(aside):
+            shutil.rmtree(aside, ignore_errors=True)
+        os.rename(self.final, aside)
+        try:
+            os.rename(self.work, self.final)
+        except OSError:
+            os.rename(aside, self.final)  # put the old run back
+            raise
+        self.committed = True
+        with contextlib.suppress(OSError):
+            (self.final / MARKER_FILE).unlink()
+        _sync_folder(self.final.parent)
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                aside.unlink()
+        return self.final
+
 
 def _sync_folder(folder: Path) -> None:
     """fsync a folder so that a rename in it survives a power loss (POSIX only; best effort)."""
@@ -169,11 +201,18 @@ def _sync_folder(folder: Path) -> None:
 
 @contextlib.contextmanager
 def building_run(
-    out: Path, name: str, *, config_fingerprint: str, echo: Callable[[str], None] | None = None
+    out: Path,
+    name: str,
+    *,
+    config_fingerprint: str,
+    echo: Callable[[str], None] | None = None,
+    replace: bool = False,
 ) -> Iterator[PartialRun]:
     """Build one run under ``out`` (see the module docstring); yields the :class:`PartialRun`.
 
     Stale partial folders of the same configuration are deleted first (and said, through ``echo``).
+    ``replace`` (``--overwrite``): the run is called ``name`` even when a folder of that name exists, and
+    replaces it at :meth:`PartialRun.commit`.
     Leaving the block without :meth:`PartialRun.commit` deletes the partial folder, unless
     ``MURA_ENS_DEBUG`` is set and the block raised (then its path is said and it is kept).
     """
@@ -182,14 +221,16 @@ def building_run(
     for stale in clean_stale_partials(out, config_fingerprint):
         if echo:
             echo(f"removed {stale.name}: an unfinished run of this configuration whose process is gone")
-    final = choose_run_name(out, name)
+    if replace:
+        check_run_name(name)
+    final = out / name if replace else choose_run_name(out, name)
     work = out / partial_name(final.name, os.getpid())
     if work.exists():  # left by an earlier failed run of this process (kept for debugging)
         shutil.rmtree(work)
     work.mkdir()
     marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "final_name": final.name}
     atomic_write_json(work / MARKER_FILE, {**marker, "fingerprint": config_fingerprint})
-    run = PartialRun(final=final, work=work)
+    run = PartialRun(final=final, work=work, replace=replace)
     try:
         yield run
     except BaseException:

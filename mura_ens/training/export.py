@@ -21,6 +21,10 @@ Keras disagree on a real batch of data images by more than
 :class:`~mura_ens.run_folder.ModelMetadata`; file names are
 :mod:`mura_ens.run_folder`'s.
 
+Next to ``model.onnx``, :func:`write_explain` writes the explain artifact (``explain.json``, ``explain.npz``;
+``explain.onnx.bin`` only when the feature map had to be converted apart) that scoring draws heatmaps with,
+TensorFlow-free (docs/explain.md).
+
 int8 models are made from the exported ``model.onnx`` by
 :func:`mura_ens.onnx.quantize.quantize_run` (ONNX Runtime only, no TensorFlow);
 ``mura-ens export RUN_DIR --quantize int8`` runs it.
@@ -219,6 +223,36 @@ def export_model(
     }
 
 
+def write_explain(
+    model, run_dir: str | Path, images: np.ndarray, *, feature_layer: str | None = None
+) -> dict[str, Any]:
+    """Write the explain artifact (heatmaps at scoring time, docs/explain.md) next to ``run_dir/model.onnx``:
+    model.onnx with the feature map as a second output (or, failing that, converted like it), checked against
+    model.onnx on ``images``. Returns the card's ``export.explain`` section.
+
+    Never raises for a model that cannot be explained: ``explain.json`` then records why (``written: false``).
+    """
+    from .explain_export import export_explain
+
+    batch = np.asarray(images, dtype=np.float32)
+    return export_explain(float32_model(model), run_dir, batch, convert=convert_to_onnx, feature_layer=feature_layer)
+
+
+def plugin_feature_layer(plugin: Any) -> str | None:
+    """The feature layer a plugin names (its optional ``feature_layer`` attribute), for a plugin object or a
+    registry name; None when it names none or the plugin is not installed."""
+    if isinstance(plugin, str) or plugin is None:
+        from ..errors import PluginError
+        from ..registry import get_plugin
+
+        try:
+            plugin = get_plugin(plugin) if plugin else None
+        except PluginError:
+            return None
+    name = getattr(plugin, "feature_layer", None)
+    return name if isinstance(name, str) and name else None
+
+
 def save_parity_batch(run_dir: str | Path, images: np.ndarray, paths: list[str]) -> Path:
     """Keep the parity images (uint8) and their paths in the run folder."""
     import io
@@ -259,15 +293,18 @@ def export_run(run_dir: str | Path) -> ExportedRun:
     checked on the run's saved batch of real images (``parity_batch.npz``), or on the card's
     parity image paths when that file is gone. Returns the path, metadata and the card's new
     ``export`` section (:class:`ExportedRun`). An unfinished run is refused (:func:`require_finished_run`).
+    The explain artifact (heatmaps, :func:`write_explain`) is written again too; its summary is ``export.explain``.
     """
     run_dir = require_finished_run(run_dir)
     run_dir = require_run_files(run_dir, CARD_FILE, BEST_FILE)
     card = read_card(run_dir)
     metadata = card_metadata(card, run_dir=run_dir)
     images, paths = _run_parity_images(run_dir, card, metadata.input_size, metadata.resize_policy)
-    model = load_best_model(run_dir / BEST_FILE, plugin=card.get("base_plugin") or card.get("plugin"))
+    plugin = card.get("base_plugin") or card.get("plugin")
+    model = float32_model(load_best_model(run_dir / BEST_FILE, plugin=plugin))
     info = export_model(model, run_dir / MODEL_FILE, metadata=metadata, parity_images=images)
     info["parity_paths"] = paths
+    info["explain"] = write_explain(model, run_dir, images, feature_layer=plugin_feature_layer(plugin))
     update_card(run_dir, {"export": info, "onnx_max_abs_diff": info["onnx_max_abs_diff"]})
     return ExportedRun(path=run_dir / MODEL_FILE, metadata=metadata, export=info)
 

@@ -74,7 +74,15 @@ class TrainOptions:
     base : str, optional
         Base plugin of a specialist family (default: the family's ``defaults["base"]``).
     name : str, optional
-        Run name (default: the plugin name, plus the body part).
+        Run name (default: derived from the parameters, :mod:`mura_ens.training.run_names`,
+        e.g. ``densenet201-224-tla690-e20-wc-aug``; plus the body part).
+    overwrite : bool
+        Retrain when the run folder already holds a finished run of the same configuration (which is
+        otherwise reused) or, at an explicit ``name``, of another one (otherwise an error); the new run
+        replaces it once finished (:mod:`mura_ens.training.reuse`).
+    tensorboard : bool
+        Write TensorBoard logs (per-epoch loss, AUC, accuracy, kappa, learning rate; the model graph)
+        to ``tensorboard/`` in the run folder.
     mixed_precision, xla : bool, optional
         Default: on when a GPU is present; always off on CPU.
     progress : bool
@@ -115,6 +123,8 @@ class TrainOptions:
     strategy: str = "auto"
     cache: str | os.PathLike | None = None
     init_from: str | os.PathLike | None = None
+    overwrite: bool = False
+    tensorboard: bool = True
 
     def __post_init__(self) -> None:
         if self.body_part is not None and self.body_part not in BODY_PARTS:
@@ -139,7 +149,7 @@ class TrainOptions:
         if not (_is_number(self.val_fraction) and 0.0 < float(self.val_fraction) < 1.0):
             raise UsageError(f"val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         self._set("val_fraction", float(self.val_fraction))
-        for key in ("class_weights", "augment", "progress"):
+        for key in ("class_weights", "augment", "progress", "overwrite", "tensorboard"):
             _flag(key, getattr(self, key), optional=False)
         for key in ("mixed_precision", "xla"):
             _flag(key, getattr(self, key), optional=True)

@@ -80,44 +80,126 @@ def _load_map(size: int, policy: str, failures: LoadFailures, cache=None):
     return load_tf
 
 
-def augment_batch(images, seed=None):
-    """Random horizontal and vertical flips and a rotation within +-30 degrees, per image.
+def augment_batch(images: Any, seed: Any = None) -> Any:
+    """Random horizontal and vertical flips and a rotation within +-30 degrees, per image, in one warp.
 
-    ``images``: float32 (N, H, W, 3). Rotation is bilinear about the centre
-    with black fill (the background of a radiograph). Pure TF ops.
+    ``images``: float32 (N, H, W, 3). Each image is flipped left-right with
+    probability 1/2, up-down with probability 1/2 (independently), then
+    rotated by an angle drawn uniformly in +-30 degrees about its centre:
+    bilinear, black fill (the background of a radiograph). The flips are
+    folded into the rotation's projective transform, so the whole
+    augmentation is one ``ImageProjectiveTransformV3`` per batch (the same
+    transforms as flipping first, then rotating), on one channel when the
+    batch is grey (:func:`_warp`).
     ``seed``: an int64 tensor of shape (2,) for stateless random draws (the
     same seed gives the same augmentation, whatever thread runs it); ``None``
     draws from TF's stateful generator.
     """
     tf, _ = import_tensorflow()
-    shape = tf.shape(images)
-    n = shape[0]
+    return _warp(images, _augment_transforms(tf.shape(images), seed))
+
+
+def _augment_transforms(shape: Any, seed: Any) -> Any:
+    """The (N, 8) transforms :func:`augment_batch` applies to a batch of ``shape``: flips folded into the rotation."""
+    flip_lr, flip_ud, angles = _augment_draws(shape[0], seed)
+    return _fold_flips(_rotation_transforms(angles, shape), flip_lr, flip_ud, shape)
+
+
+def _augment_draws(n: Any, seed: Any) -> tuple[Any, Any, Any]:
+    """The per-image draws of :func:`augment_batch`: ``(flip_lr, flip_ud, angles)`` (bool, bool, radians)."""
+    uniform = _uniform_draws(seed)
+    limit = math.radians(MAX_ROTATION_DEGREES)
+    return uniform(0, [n]) < 0.5, uniform(1, [n]) < 0.5, uniform(2, [n], -limit, limit)
+
+
+def _rotation_transforms(angles: Any, shape: Any) -> Any:
+    """(N, 8) projective transforms (output -> input pixel map) rotating each image about its centre.
+
+    As in tf-addons / Keras RandomRotation. ``shape``: the batch's (N, H, W, C) shape tensor.
+    """
+    tf, _ = import_tensorflow()
     height = tf.cast(shape[1], tf.float32)
     width = tf.cast(shape[2], tf.float32)
-    uniform = _uniform_draws(seed)
-    flip_lr = uniform(0, [n]) < 0.5
-    images = tf.where(flip_lr[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    flip_ud = uniform(1, [n]) < 0.5
-    images = tf.where(flip_ud[:, None, None, None], tf.reverse(images, axis=[1]), images)
-    limit = math.radians(MAX_ROTATION_DEGREES)
-    angles = uniform(2, [n], -limit, limit)
     cos, sin = tf.cos(angles), tf.sin(angles)
-    # Output->input pixel map of a rotation about the image centre (as in tf-addons / Keras RandomRotation).
     x_offset = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2.0
     y_offset = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2.0
     zeros = tf.zeros_like(cos)
-    transforms = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
+    return tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
+
+
+def _fold_flips(transforms: Any, flip_lr: Any, flip_ud: Any, shape: Any) -> Any:
+    """``transforms`` preceded by the flips: the map a flip of the image followed by ``transforms`` samples.
+
+    Flipping first, then warping, reads the input at ``flip(T(x, y))``; a
+    left-right flip maps an input column ``x`` to ``W - 1 - x``, so the
+    transform's first row becomes ``(W - 1) - row``; up-down does the same to
+    the second row with ``H - 1``.
+    """
+    tf, _ = import_tensorflow()
+    height = tf.cast(shape[1], tf.float32)
+    width = tf.cast(shape[2], tf.float32)
+
+    def flipped(row: Any, flip: Any, extent: Any) -> Any:
+        sign = tf.where(flip, -1.0, 1.0)[:, None]
+        shift = tf.where(flip, extent - 1.0, 0.0)
+        return sign * row + tf.stack([tf.zeros_like(shift), tf.zeros_like(shift), shift], axis=1)
+
+    row_x = flipped(transforms[:, 0:3], flip_lr, width)
+    row_y = flipped(transforms[:, 3:6], flip_ud, height)
+    return tf.concat([row_x, row_y, transforms[:, 6:8]], axis=1)
+
+
+def _warp(images: Any, transforms: Any) -> Any:
+    """``images`` resampled through ``transforms`` (:func:`_warp_channels`), a third of the work for grey batches.
+
+    Radiographs are grey, and half of MURA's PNGs store grey as RGB: when every
+    channel of every image in the batch equals the first, only that channel is
+    warped and then repeated. The values are the same bits (the warp samples
+    each channel independently at the same coordinates); a batch with any
+    colour takes the full warp.
+    """
+    tf, _ = import_tensorflow()
+    channels = images.shape[-1] if images.shape[-1] is not None else tf.shape(images)[-1]
+    grey = tf.reduce_all(tf.equal(images[..., 1:], images[..., :1]))
+    warped = tf.cond(
+        grey,
+        lambda: tf.tile(_warp_channels(images[..., :1], transforms), [1, 1, 1, channels]),
+        lambda: _warp_channels(images, transforms),
+    )
+    warped.set_shape(images.shape)
+    return warped
+
+
+def _warp_channels(images: Any, transforms: Any) -> Any:
+    """``images`` resampled through ``transforms``: bilinear, black fill, same size, every channel."""
+    tf, _ = import_tensorflow()
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images,
         transforms=transforms,
-        output_shape=shape[1:3],
+        output_shape=tf.shape(images)[1:3],
         fill_value=0.0,
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )
 
 
-def _uniform_draws(seed):
+def _augment_batch_before(images: Any, seed: Any = None) -> Any:
+    """The augmentation as it was before the flips were folded into the warp (flips, then a rotation).
+
+    Two ``tf.reverse`` + ``tf.where``, then the warp, from the same draws as
+    :func:`augment_batch` (same seed, same transforms). Kept only as the
+    reference of ``tests/test_augment_warp.py`` and the baseline of
+    ``benchmarks/input_pipeline.py``; training never calls it.
+    """
+    tf, _ = import_tensorflow()
+    shape = tf.shape(images)
+    flip_lr, flip_ud, angles = _augment_draws(shape[0], seed)
+    images = tf.where(flip_lr[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    images = tf.where(flip_ud[:, None, None, None], tf.reverse(images, axis=[1]), images)
+    return _warp_channels(images, _rotation_transforms(angles, shape))
+
+
+def _uniform_draws(seed: Any) -> Any:
     """``uniform(k, shape, lo=0, hi=1)``: the k-th independent draw, stateless from ``seed`` unless it is None."""
     tf, _ = import_tensorflow()
     if seed is None:

@@ -48,6 +48,7 @@ from ..run_folder import (
     EVALUATION_FILE,
     HISTORY_FILE,
     MODEL_FILE,
+    TENSORBOARD_DIR,
     ModelMetadata,
     write_card,
 )
@@ -64,8 +65,10 @@ from .checks import (
 )
 from .class_weights import class_weight_table, sample_weights
 from .data import TrainingData, fold_counts, load_training_data, model_rows
-from .export import export_model, save_parity_batch
-from .options import RunConfig, TrainOptions
+from .export import export_model, plugin_feature_layer, save_parity_batch, write_explain
+from .options import DEFAULT_LR, RunConfig, TrainOptions
+from .reuse import reuse_line, run_identity, settle
+from .run_names import NameSpec, option_defaults, run_name
 from .strategy import (
     KERAS_MULTIWORKER_ISSUE,
     check_workers_agree,
@@ -91,6 +94,8 @@ class RunPlan:
     builder_name: str
     base: str | None
     body_parts: tuple[str, ...]  # parts the model serves; () = all
+    reuse: bool = False  # a finished run of the same configuration is at out/name (:mod:`.reuse`)
+    replace: bool = False  # --overwrite: the new run replaces out/name when finished
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class _Job:
     echo: Echo | None
     scan_seconds: float
     warm_start: Any = None  # warm_start.WarmStart (--init-from) or None
+    tensorboard: bool = True  # write tensorboard/ logs
 
 
 @dataclass(frozen=True)
@@ -162,8 +168,11 @@ def train(
         or an in-memory manifest frame. MURA ``valid`` is the test fold;
         ``train`` is split by patient into train/val (``val_fraction``, ``seed``).
     out : path
-        Parent folder of the run folders (created). An existing run folder
-        is never overwritten: ``-2``, ``-3``, ... is appended to the name.
+        Parent folder of the run folders (created). Run names come from the parameters
+        (:mod:`.run_names`) unless ``name`` is given. A finished run of the same
+        configuration and data already there is reused (returned untouched) unless
+        ``overwrite``; a run of another configuration is never overwritten: a derived
+        name gets ``-2``, ``-3``, ..., an explicit ``name`` is an error (:mod:`.reuse`).
     options : TrainOptions, optional
         Epochs, batch size, image size, weights, plugin parameters, ... (see
         :class:`~mura_ens.training.options.TrainOptions`); default ``TrainOptions()``.
@@ -194,9 +203,12 @@ def train(
     options = options if options is not None else TrainOptions()
     started = time.perf_counter()
     check_out_path(out)
-    job = _prepare(_plugin_object(plugin), data, options)
+    job = _prepare(_plugin_object(plugin), data, options, Path(out).absolute())
     runs: list[Path] = []
     for plan in job.plans:
+        if plan.reuse:  # a finished run of this configuration: nothing is built, nothing touched
+            runs.append(Path(out).absolute() / plan.name)
+            continue
         if job.distribution.is_chief:
             run = _train_one(plan, job, Path(out).absolute())
             if run is not None:
@@ -207,15 +219,16 @@ def train(
         with tempfile.TemporaryDirectory(prefix="mura-ens-worker-") as scratch:
             _train_one(plan, job, Path(scratch))
     if job.echo:
-        if job.distribution.is_chief:
+        if job.distribution is None or job.distribution.is_chief:
             job.echo(f"done in {time.perf_counter() - started:.1f} s: {len(runs)} run folder(s)")
         else:
             job.echo(f"done in {time.perf_counter() - started:.1f} s; the chief writes the run folder(s)")
     return runs
 
 
-def _prepare(plugin: Any, data: str | os.PathLike | pd.DataFrame, options: TrainOptions) -> _Job:
-    """Resolve the plugin, its parameters and defaults, scan and split the data, plan the runs, set up devices."""
+def _prepare(plugin: Any, data: str | os.PathLike | pd.DataFrame, options: TrainOptions, out: Path) -> _Job:
+    """Resolve the plugin, its parameters and defaults, scan and split the data, plan the runs, settle what
+    is already under ``out`` (reuse), set up devices (unless every run is reused)."""
     echo: Echo | None = console.echo if options.progress else None
     cluster_task = read_tf_config() if options.strategy == "multiworker" else None
     if echo and cluster_task is not None:
@@ -226,9 +239,26 @@ def _prepare(plugin: Any, data: str | os.PathLike | pd.DataFrame, options: Train
     scan_start = time.perf_counter()
     training_data = load_training_data(data, val_fraction=options.val_fraction, seed=options.seed)
     scan_seconds = time.perf_counter() - scan_start
-    plans = plan_runs(plugin, builder, base_name, training_data, body_part=options.body_part, name=options.name)
+    stem = _derived_name(plugin, builder, base_name, hyper, config, warm_start)
+    plans = plan_runs(
+        plugin, builder, base_name, training_data, body_part=options.body_part, name=options.name, stem=stem
+    )
     for plan in plans:  # every model's folds are usable, or nothing is trained
         _plan_rows(plan, training_data, max_images=config.max_images, seed=config.seed)
+    if options.strategy != "multiworker":  # workers could see --out differently: a cluster always trains
+        plans = _settle_runs(plans, out, training_data, hyper, config, options, echo)
+    if all(plan.reuse for plan in plans):  # nothing to train: no devices, no TensorFlow
+        return _Job(
+            plans=plans,
+            hyper=hyper,
+            config=config,
+            data=training_data,
+            setup=None,
+            distribution=None,
+            echo=echo,
+            scan_seconds=scan_seconds,
+            warm_start=warm_start,
+        )
 
     from .tf_runtime import device_setup
 
@@ -246,7 +276,55 @@ def _prepare(plugin: Any, data: str | os.PathLike | pd.DataFrame, options: Train
         echo=echo,
         scan_seconds=scan_seconds,
         warm_start=warm_start,
+        tensorboard=_tensorboard_wanted(options.tensorboard, echo),
     )
+
+
+def _derived_name(plugin: Any, builder: Any, base: str | None, hyper: dict, config: RunConfig, warm_start) -> str:
+    """The run name from the parameters (:mod:`.run_names`); a family's runs add their body part to it."""
+    default_lr = warm_start.fine_tune_lr(None) if warm_start is not None else DEFAULT_LR
+    spec = NameSpec(
+        plugin=plugin.name,
+        base=base,
+        image_size=config.image_size,
+        params=hyper,
+        defaults=dict(getattr(builder, "defaults", {}) or {}),
+        weights=config.weights,
+        default_weights=resolve_weights(None, default=getattr(builder, "default_weights", "none")),
+        options=config.as_dict(),
+        option_defaults=option_defaults(default_lr),
+        class_weights=config.class_weights,
+        augment=config.augment,
+    )
+    return run_name(spec)
+
+
+def _settle_runs(
+    plans: list[RunPlan], out: Path, data: TrainingData, hyper: dict, config: RunConfig, options: TrainOptions, echo
+) -> list[RunPlan]:
+    """Each plan as :func:`.reuse.settle` decides: reused (said), replacing its folder, or built beside."""
+    settled = []
+    for plan in plans:
+        identity = run_identity(_config_section(plan, hyper, config), data.manifest_sha256)
+        decision = settle(out, plan.name, identity, explicit=options.name is not None, overwrite=options.overwrite)
+        if echo and decision.note:
+            echo(decision.note)
+        if echo and decision.reuse:
+            echo(reuse_line(out / decision.name))
+        settled.append(replace(plan, name=decision.name, reuse=decision.reuse, replace=decision.replace))
+    return settled
+
+
+def _tensorboard_wanted(wanted: bool, echo: Echo | None) -> bool:
+    """``wanted``, unless the tensorboard package is missing (then said once)."""
+    if not wanted:
+        return False
+    from .tensorboard_logs import tensorboard_missing
+
+    why = tensorboard_missing()
+    if why and echo:
+        echo(f"note: {why}")
+    return why is None
 
 
 def _model_settings(
@@ -353,8 +431,13 @@ def plan_runs(
     *,
     body_part: str | None = None,
     name: str | None = None,
+    stem: str | None = None,
 ) -> list[RunPlan]:
-    """The models one ``train`` call makes: one, or one per body part for a specialist family."""
+    """The models one ``train`` call makes: one, or one per body part for a specialist family.
+
+    Names: ``name`` (``--name``) as given, else ``stem`` (the name derived from the parameters) else the
+    plugin's name, plus ``-<body part>`` (each part of a family; a generalist's ``body_part``).
+    """
     serves = tuple(getattr(builder, "body_parts", ()) or ())
     if body_part is not None:
         if serves and body_part not in serves:
@@ -366,7 +449,7 @@ def plan_runs(
         if not parts:
             wanted = ", ".join(serves) if serves else "any body part"
             raise UsageError(f"no training images of {wanted} in {data.source}")
-        prefix = name or f"{plugin.name}-{base}"
+        prefix = name or stem or f"{plugin.name}-{base}"
         return [
             RunPlan(
                 name=f"{prefix}-{part}",
@@ -380,7 +463,7 @@ def plan_runs(
         ]
     if serves and not any(p in present for p in serves):
         raise UsageError(f"no training images of {', '.join(serves)} in {data.source}")
-    default_name = plugin.name + (f"-{body_part}" if body_part else "")
+    default_name = (stem or plugin.name) + (f"-{body_part}" if body_part else "")
     return [
         RunPlan(
             name=name or default_name,
@@ -506,7 +589,7 @@ def _train_one(plan: RunPlan, job: _Job, out: Path) -> Path | None:
     _check_memory(model, plan, job, notes)
     timings["build"] = round(time.perf_counter() - tick, 3)
     key = fingerprint(_run_fingerprint(plan, folds.rows, job.config, job.hyper))
-    with building_run(out, plan.name, config_fingerprint=key, echo=job.echo) as run:
+    with building_run(out, plan.name, config_fingerprint=key, echo=job.echo, replace=plan.replace) as run:
         if job.echo and job.distribution.is_chief:
             job.echo(f"run folder: {run.final} (built in {run.work.name} until it is finished)")
         fitted = _fit(model, run.work, folds, job, name=plan.name)
@@ -526,6 +609,7 @@ def _finish(
 ) -> dict[str, Any]:
     """Keep the best weights, evaluate and export them (in ``run.work``); return the content of card.json."""
     from .export import float32_model, load_best_model
+    from .schematic import write_schematic
     from .tf_runtime import import_tensorflow
 
     _, keras = import_tensorflow()
@@ -538,6 +622,7 @@ def _finish(
     timings["evaluate"] = round(time.perf_counter() - tick, 3)
     exported = _export(best, plan, run.work, folds, job, name=run.name)
     timings["export"] = exported.report["seconds"]
+    schematic = write_schematic(best, run.work)  # model.txt, and model.png when Graphviz is there
     return {
         **_card_header(plan, run.final, job, exported),
         "data": _card_data(job.data, folds, fitted),
@@ -546,6 +631,7 @@ def _finish(
         "metrics": dict(evaluated.metrics),
         "evaluated_on": evaluated.split,
         "export": exported.report,
+        "schematic": schematic,
         "versions": library_versions(plan.builder),
         "timings": timings,
         "notes": notes + evaluated.notes,
@@ -653,7 +739,8 @@ def _fit(model, run_dir: Path, folds: _Folds, job: _Job, *, name: str) -> _Fitte
     checkpoint = BestCheckpoint(run_dir / BEST_FILE)
     log = EpochLog(run_dir / HISTORY_FILE, config.epochs, echo=echo, on_first_epoch=check_first_epoch)
     tick = time.perf_counter()
-    _run_fit(model, train_ds, val_ds, callbacks=_callbacks(config.patience, checkpoint, log), job=job)
+    logs = run_dir / TENSORBOARD_DIR if job.tensorboard else None
+    _run_fit(model, train_ds, val_ds, callbacks=_callbacks(config.patience, checkpoint, log, logs), job=job)
     return _Fitted(
         log=log,
         checkpoint=checkpoint,
@@ -664,11 +751,18 @@ def _fit(model, run_dir: Path, folds: _Folds, job: _Job, *, name: str) -> _Fitte
     )
 
 
-def _callbacks(patience: int, checkpoint, log) -> list:
+def _callbacks(patience: int, checkpoint, log, tensorboard_dir: Path | None = None) -> list:
+    """The run's callbacks; TensorBoard (when ``tensorboard_dir``) first, so that it logs each epoch's own lr."""
     from .tf_runtime import import_tensorflow
 
     _, keras = import_tensorflow()
+    first = []
+    if tensorboard_dir is not None:
+        from .tensorboard_logs import tensorboard_callback
+
+        first.append(tensorboard_callback(tensorboard_dir))
     return [
+        *first,
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=LR_FACTOR, patience=max(1, patience // 2), min_lr=MIN_LR, verbose=0
@@ -767,6 +861,7 @@ def _export(best, plan: RunPlan, run_dir: Path, folds: _Folds, job: _Job, *, nam
     report = export_model(best, run_dir / MODEL_FILE, metadata=metadata, parity_images=parity_images)
     report["parity_paths"] = parity_paths
     report["path"] = str(run_dir.parent / name / MODEL_FILE)  # where it is once the run is finished
+    report["explain"] = write_explain(best, run_dir, parity_images, feature_layer=plugin_feature_layer(plan.builder))
     if job.echo:
         job.echo(f"exported {name}/{MODEL_FILE} (ONNX vs Keras max |diff| {report['onnx_max_abs_diff']:.2g})")
     return _Exported(metadata=metadata, report=report)
@@ -802,13 +897,18 @@ def _card_header(plan: RunPlan, run_dir: Path, job: _Job, exported: _Exported) -
         "threshold": job.config.threshold,
         "onnx_max_abs_diff": exported.report["onnx_max_abs_diff"],
         "onnx_metadata": exported.metadata,
-        "config": {
-            "plugin": plan.plugin,
-            "base": plan.base,
-            "body_parts": list(plan.body_parts),
-            "params": job.hyper,
-            **job.config.as_dict(),
-        },
+        "config": _config_section(plan, job.hyper, job.config),
+    }
+
+
+def _config_section(plan: RunPlan, hyper: Mapping[str, Any], config: RunConfig) -> dict[str, Any]:
+    """card.json ``config``: the full configuration of one model (also what :mod:`.reuse` compares)."""
+    return {
+        "plugin": plan.plugin,
+        "base": plan.base,
+        "body_parts": list(plan.body_parts),
+        "params": dict(hyper),
+        **config.as_dict(),
     }
 
 
@@ -843,6 +943,7 @@ def _card_training(job: _Job, fitted: _Fitted) -> dict[str, Any]:
         "gpus": list(job.setup.gpus),
         "mixed_precision": job.setup.mixed_precision,
         "xla": job.setup.xla,
+        "tensorboard": TENSORBOARD_DIR if job.tensorboard else None,
         **job.distribution.card(per_replica_batch_size=job.config.batch_size, learning_rate=job.config.lr),
         "history": history,
     }

@@ -1,0 +1,435 @@
+"""``score --explain K``: heatmap overlays of the selected studies, their ``index.csv`` and the report's gallery.
+
+Runs in this process after the study table exists (whatever ``--backend``
+scored the images; heatmaps are not journalled, a ``--resume``\\d run
+recomputes them). For each study chosen by
+:func:`~mura_ens.scoring.explain_select.select_studies` and each of its
+images scored ``ok``:
+
+1. the image is decoded and resized exactly as scoring did
+   (:func:`mura_ens.data.images.decoded` + :func:`~mura_ens.data.images.resize_rgb`
+   with each model's input size and resize policy);
+2. each model the ensemble combined for the study that can explain
+   (:func:`mura_ens.explain.load_explainer`) gives its raw heatmap of the image,
+   normalised to [0, 1] (:func:`mura_ens.explain.normalise`) and resampled onto
+   the image (:func:`~mura_ens.scoring.overlay.heatmap_on_image`);
+3. the ensemble heatmap is the weighted mean of those
+   (:func:`~mura_ens.scoring.explain_select.member_weights`), drawn over the
+   radiograph (:func:`~mura_ens.scoring.overlay.overlay`) and written as
+   ``heatmaps/<study folder>/<image>.png`` in ``--out``.
+
+``heatmaps/index.csv`` has one row per scored image of a selected study
+(:data:`INDEX_COLUMNS`, then ``prob__<model>`` = the study's probability per
+model as in ``studies.csv``, and ``image_prob__<model>`` = the image's as in
+``images.csv``); an image without a PNG says why in ``status``/``error``.
+
+Study folders are the study key made safe for any file system
+(:class:`SafeNames`: characters other than letters, digits, ``.``, ``_``,
+``-`` become ``_``; a name already used, compared case-insensitively, or longer
+than :data:`MAX_NAME` gets an 8-hex-digit hash of the key). The whole folder is
+built as ``.heatmaps.partial-<pid>/`` and renamed to ``heatmaps/`` when
+complete (an earlier run's ``heatmaps/`` is replaced), every file in it written
+atomically.
+
+Models that cannot explain (no explain artifact: ``mura-ens export RUN_DIR``
+adds it) are named once each in the run's notes and left out of the heatmap
+mean; when no model can explain, no heatmaps are written (an earlier
+``heatmaps/`` is removed) and the run still succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ..console import echo
+from ..io import OutputError, atomic_write_bytes, atomic_write_csv
+from .ensemble import members
+from .explain_select import SelectedStudy, member_weights, select_studies
+from .overlay import display_image, heatmap_on_image, overlay, png_bytes, thumbnail_data_uri
+from .runner import OK
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from ..explain import Explainer
+    from ..fitting.ensemble import FittedEnsemble
+    from .models import ModelSpec
+
+HEATMAPS_DIR = "heatmaps"
+INDEX_FILE = "index.csv"
+#: Longest study-folder or image name before it is cut and given a hash.
+MAX_NAME = 100
+#: The first columns of ``heatmaps/index.csv``.
+INDEX_COLUMNS: tuple[str, ...] = (
+    "study",
+    "reasons",
+    "body_part",
+    "label",
+    "prob",
+    "pred",
+    "image",
+    "png",
+    "status",
+    "error",
+    "image_prob",
+    "heatmap_models",
+    "cannot_explain",
+)
+#: Status of an image of a selected study whose models all failed to explain.
+NO_EXPLAINER = "no_explainer"
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    """What the heatmap step needs from a finished scoring run."""
+
+    out: Path
+    images: pd.DataFrame  # the rows of images.csv
+    studies: pd.DataFrame  # the rows of studies.csv
+    models: tuple[ModelSpec, ...]
+    ensemble: str
+    k: int
+    fitted: FittedEnsemble | None = None
+
+
+@dataclass
+class HeatmapOutput:
+    """What the step wrote: ``index`` (None when no heatmap was written), the report's gallery, notes for the user."""
+
+    index: Path | None
+    gallery: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    n_png: int = 0
+
+
+def write_heatmaps(job: ExplainJob) -> HeatmapOutput:
+    """Select studies, explain their images with every model able to, write the PNGs and ``heatmaps/index.csv``."""
+    selected = select_studies(job.studies, job.k)
+    parts = {str(job.studies["body_part"].iloc[s.row]) for s in selected}
+    needed = [m for m in job.models if any(m in members(job.ensemble, job.models, p) for p in parts)]
+    explainers, cannot = _load_explainers(needed)
+    notes = [f"--explain: model {name} cannot explain: {reason}" for name, reason in cannot.items()]
+    target = job.out / HEATMAPS_DIR
+    if not selected or not explainers:
+        why = "no study has an ensemble probability" if not selected else "none of the models can explain"
+        notes.append(f"--explain: {why}; no heatmaps written" + _removed(target))
+        return HeatmapOutput(None, {"note": f"No heatmaps: {why}.", "studies": []}, notes)
+    echo(f"heatmaps: explaining {len(selected)} studies with {', '.join(explainers)}")
+    staging = _staging_dir(job.out)
+    rows: list[dict[str, Any]] = []
+    studies: list[dict[str, Any]] = []
+    names = SafeNames()
+    for chosen in selected:
+        study_rows, entry = _explain_study(job, chosen, explainers, staging, names.name(chosen.study))
+        rows += study_rows
+        studies.append(entry)
+    index = _write_index(job, rows, staging)
+    _replace_dir(staging, target)
+    n_png = sum(1 for row in rows if row["status"] == OK)
+    gallery = {"note": _gallery_note(explainers, cannot), "studies": studies}
+    return HeatmapOutput(target / index.name, gallery, notes, n_png)
+
+
+def _load_explainers(models: Sequence[ModelSpec]) -> tuple[dict[str, tuple[ModelSpec, Explainer]], dict[str, str]]:
+    """The models that can explain (with their explainer) and, for the others, why not."""
+    from ..explain import CannotExplain, load_explainer
+
+    able: dict[str, tuple[ModelSpec, Explainer]] = {}
+    cannot: dict[str, str] = {}
+    for model in models:
+        try:
+            able[model.name] = (model, load_explainer(Path(model.path)))
+        except CannotExplain as exc:
+            cannot[model.name] = str(exc)
+    return able, cannot
+
+
+def _gallery_note(explainers: Mapping[str, tuple[ModelSpec, Explainer]], cannot: Mapping[str, str]) -> str:
+    methods = ", ".join(f"{name} ({explainer.method})" for name, (_, explainer) in explainers.items())
+    text = f"Heatmaps from {methods}."
+    if cannot:
+        text += " Cannot explain (left out): " + "; ".join(f"{n}: {r}" for n, r in cannot.items()) + "."
+    return text
+
+
+@dataclass
+class _Decoded:
+    """One image of a study, decoded once: the radiograph as shown and the model inputs."""
+
+    path: str
+    png: str  # file name of its overlay
+    size: tuple[int, int]  # decoded (width, height)
+    shown: Image.Image
+    pixels: dict[tuple[int, str], np.ndarray]
+    position: int  # in the study's batch of decoded images
+
+
+@dataclass
+class _StudyMaps:
+    """The models explaining one study: their weights, their raw heatmaps of its decoded images, their specs."""
+
+    weights: dict[str, float]
+    maps: dict[str, np.ndarray]
+    explainers: Mapping[str, tuple[ModelSpec, Explainer]]
+
+
+def _explain_study(
+    job: ExplainJob,
+    chosen: SelectedStudy,
+    explainers: Mapping[str, tuple[ModelSpec, Explainer]],
+    staging: Path,
+    folder: str,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Index rows and the gallery entry of one study; its PNGs written under ``staging/folder``."""
+    study = job.studies.iloc[chosen.row]
+    part = str(study["body_part"])
+    weights = member_weights(job.ensemble, job.models, part, explainable=explainers, fitted=job.fitted)
+    images = job.images.loc[(job.images["study"] == chosen.study) & (job.images["status"] == OK)]
+    decoded, rows = _decode_images(images, {explainers[name][0].input_key for name in weights})
+    maps, failed = _member_maps(decoded, weights, explainers, chosen.study)
+    weights = {name: w for name, w in weights.items() if name not in failed}
+    cannot = [m.name for m in members(job.ensemble, job.models, part) if m.name not in weights]
+    base = _row_base(job, chosen, study, weights, cannot)
+    entry = _gallery_entry(job, chosen, study, weights, cannot)
+    explained = _StudyMaps(weights, maps, explainers)
+    for image, row in zip(decoded, rows):
+        thumbnail = None
+        if image is not None and weights:
+            thumbnail = _draw(image, row, explained, staging, folder)
+        elif image is not None:
+            row.update(status=NO_EXPLAINER, error="none of the study's models could explain it")
+        entry["images"].append(_gallery_image(row, thumbnail))
+    return [{**base, **_image_columns(job, images, i, row)} for i, row in enumerate(rows)], entry
+
+
+def _draw(image: _Decoded, row: dict[str, Any], explained: _StudyMaps, staging: Path, folder: str) -> str:
+    """Write ``image``'s overlay PNG (its ``png`` column set in ``row``); return its report thumbnail."""
+    picture = overlay(image.shown, _ensemble_heat(image, explained))
+    atomic_write_bytes(staging / folder / image.png, png_bytes(picture))
+    row["png"] = f"{HEATMAPS_DIR}/{folder}/{image.png}"
+    return thumbnail_data_uri(picture)
+
+
+def _gallery_image(row: Mapping[str, Any], thumbnail: str | None) -> dict[str, Any]:
+    """An image of a gallery entry: the input path and its PNG (link and thumbnail), or why there is none."""
+    if thumbnail is None:
+        return {"image": row["path"], "error": f"{row['status']}: {row['error']}"}
+    return {"image": row["path"], "href": quote(row["png"]), "thumbnail": thumbnail}
+
+
+def _decode_images(
+    images: pd.DataFrame, keys: set[tuple[int, str]]
+) -> tuple[list[_Decoded | None], list[dict[str, Any]]]:
+    """Each image decoded and resized for every model input in ``keys`` (None where it cannot be read), and its row."""
+    from ..data.images import ImageError, decoded, resize_rgb
+
+    names = SafeNames()
+    out: list[_Decoded | None] = []
+    rows: list[dict[str, Any]] = []
+    position = 0
+    for path in images["path"].astype(str):
+        row = {"path": path, "png": "", "status": OK, "error": ""}
+        rows.append(row)
+        image = None
+        try:
+            with decoded(path) as img:
+                pixels = {key: resize_rgb(img, *key) for key in sorted(keys)}
+                png = names.name(Path(path).stem) + ".png"
+                image = _Decoded(path, png, img.size, display_image(img), pixels, position)
+                position += 1
+        except ImageError as exc:
+            row.update(status=exc.status, error=exc.detail or str(exc))
+        except Exception as exc:  # a bad file never stops a run
+            row.update(status="unreadable", error=f"{type(exc).__name__}: {exc}")
+        out.append(image)
+    return out, rows
+
+
+def _member_maps(
+    decoded: Sequence[_Decoded | None],
+    weights: Mapping[str, float],
+    explainers: Mapping[str, tuple[ModelSpec, Explainer]],
+    study: str,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Each weighted model's raw heatmaps ``(n_decoded, h, w)`` of the decoded images; the models that failed."""
+    import numpy as np
+
+    present = [image for image in decoded if image is not None]
+    maps: dict[str, np.ndarray] = {}
+    failed: list[str] = []
+    if not present:
+        return maps, failed
+    for name in weights:
+        model, explainer = explainers[name]
+        batch = np.stack([image.pixels[model.input_key] for image in present]).astype(np.float32)
+        try:
+            maps[name] = np.asarray(explainer.heatmaps(batch).maps, dtype=np.float32)
+        except Exception as exc:  # said, and the other models still explain
+            echo(f"heatmaps: model {name} could not explain study {study}: {type(exc).__name__}: {exc}")
+            failed.append(name)
+    return maps, failed
+
+
+def _ensemble_heat(image: _Decoded, explained: _StudyMaps) -> np.ndarray:
+    """The weighted mean of the models' normalised heatmaps of ``image``, on the image as shown."""
+    import numpy as np
+
+    from ..explain import normalise
+
+    total = float(sum(explained.weights.values()))
+    heat = np.zeros((image.shown.height, image.shown.width), dtype=np.float32)
+    for name, weight in explained.weights.items():
+        model = explained.explainers[name][0]
+        raw = np.ascontiguousarray(normalise(explained.maps[name][image.position]), dtype=np.float32)
+        on_image = heatmap_on_image(
+            raw,
+            image_size=image.size,
+            input_size=model.input_size,
+            policy=model.resize_policy,
+            out_size=image.shown.size,
+        )
+        heat += np.float32(weight / total) * on_image
+    return heat
+
+
+def _row_base(
+    job: ExplainJob, chosen: SelectedStudy, study: pd.Series, weights: Mapping[str, float], cannot: Sequence[str]
+) -> dict[str, Any]:
+    """The study-level columns of an index row."""
+    base = {
+        "study": chosen.study,
+        "reasons": ";".join(chosen.reasons),
+        "body_part": study["body_part"],
+        "label": study["label"],
+        "prob": study["prob"],
+        "pred": study["pred"],
+        "heatmap_models": ";".join(f"{name}:{w:.4g}" for name, w in weights.items()),
+        "cannot_explain": ";".join(cannot),
+    }
+    base.update({m.column: study[m.column] for m in job.models})
+    return base
+
+
+def _image_columns(job: ExplainJob, images: pd.DataFrame, i: int, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The image-level columns of the index row of the ``i``-th image of a study."""
+    image = images.iloc[i]
+    columns = {
+        "image": row["path"],
+        "png": row["png"],
+        "status": row["status"],
+        "error": row["error"],
+        "image_prob": image["prob"],
+    }
+    columns.update({f"image_{m.column}": image[m.column] for m in job.models})
+    return columns
+
+
+def _gallery_entry(
+    job: ExplainJob, chosen: SelectedStudy, study: pd.Series, weights: Mapping[str, float], cannot: Sequence[str]
+) -> dict[str, Any]:
+    """A study of the report's gallery: key, reasons, probabilities, label, the heatmap's models; images added later."""
+    import math
+
+    probs = {m.name: float(study[m.column]) for m in job.models if _finite(study[m.column])}
+    label = study["label"]
+    return {
+        "study": chosen.study,
+        "reasons": list(chosen.reasons),
+        "body_part": str(study["body_part"]),
+        "prob": float(study["prob"]) if _finite(study["prob"]) else math.nan,
+        "label": None if label is None or _is_na(label) else int(label),
+        "pred": None if _is_na(study["pred"]) else int(study["pred"]),
+        "models": probs,
+        "heatmap_models": dict(weights),
+        "cannot_explain": list(cannot),
+        "images": [],
+    }
+
+
+def _finite(value: Any) -> bool:
+    try:
+        import math
+
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_na(value: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))
+
+
+def _write_index(job: ExplainJob, rows: list[dict[str, Any]], staging: Path) -> Path:
+    import pandas as pd
+
+    columns = [*INDEX_COLUMNS, *(m.column for m in job.models), *(f"image_{m.column}" for m in job.models)]
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in ("label", "pred"):
+        frame[column] = frame[column].astype("Int64")
+    return atomic_write_csv(staging / INDEX_FILE, frame)
+
+
+# ------------------------------------------------------------------------------------------------ folders
+
+
+class SafeNames:
+    """File-system-safe, unique names for study folders and image files (see the module doc)."""
+
+    _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def name(self, text: str) -> str:
+        """A new safe name for ``text``: its safe form, with a hash of ``text`` when cut or already used."""
+        name = self._UNSAFE.sub("_", text).strip("._-") or "item"
+        if len(name) > MAX_NAME or name.lower() in self._used:
+            digest = hashlib.sha1(os.fsencode(text)).hexdigest()[:8]
+            name = f"{name[: MAX_NAME - 9]}-{digest}"
+        while name.lower() in self._used:  # two texts of one hash prefix
+            name += "_"
+        self._used.add(name.lower())
+        return name
+
+
+def _staging_dir(out: Path) -> Path:
+    """A fresh ``.heatmaps.partial-<pid>`` folder in ``out`` (stale ones of killed runs removed)."""
+    for stale in out.glob(f".{HEATMAPS_DIR}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = out / f".{HEATMAPS_DIR}.partial-{os.getpid()}"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {staging}: {exc.strerror or exc}") from None
+    return staging
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Rename the finished ``staging`` folder to ``target``, replacing an earlier one."""
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"cannot write {target}: it is a file, not a folder")
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _removed(target: Path) -> str:
+    """Remove an earlier run's heatmaps folder (it would be taken for this run's); say so, or ""."""
+    if not target.is_dir():
+        return ""
+    shutil.rmtree(target, ignore_errors=True)
+    return f" (removed the earlier {target})"
