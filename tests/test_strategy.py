@@ -270,7 +270,7 @@ def test_multiworker_two_local_processes(synth_small, tmp_path):
     assert "[worker 1] done in" in worker_err and "the chief writes the run folder" in worker_err
     # Same split on both, and the epoch's metrics are aggregated over both workers' shards.
     fold_lines = [
-        [line.split("] ", 1)[1] for line in err.splitlines() if "] custom_cnn: train " in line]
+        [line.split("] ", 1)[1] for line in err.splitlines() if f"] {RUN_NAME}: train " in line]
         for err in (chief_err, worker_err)
     ]
     assert fold_lines[0] == fold_lines[1] and len(fold_lines[0]) == 1
