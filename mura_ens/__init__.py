@@ -37,6 +37,9 @@ _LAZY = {
     "Run": "mura_ens.runs",
     "metrics_table": "mura_ens.runs",
     "roc_figure": "mura_ens.runs",
+    "compare_runs": "mura_ens.compare",
+    "write_comparison": "mura_ens.compare",
+    "Comparison": "mura_ens.compare",
     "TrainOptions": "mura_ens.training.options",
     "ScoreSettings": "mura_ens.scoring.score",
     "ScoreResult": "mura_ens.scoring.score",
@@ -60,6 +63,9 @@ __all__ = [  # the names of _LAZY, spelled out for linters and IDEs (a test chec
     "Run",
     "metrics_table",
     "roc_figure",
+    "compare_runs",
+    "write_comparison",
+    "Comparison",
     "TrainOptions",
     "ScoreSettings",
     "ScoreResult",
@@ -72,6 +78,7 @@ __all__ = [  # the names of _LAZY, spelled out for linters and IDEs (a test chec
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
     from .api import ExportResult, evaluate, export, fit_ensemble, list_plugins, score, train
+    from .compare import Comparison, compare_runs, write_comparison
     from .errors import MissingExtraError, UsageError
     from .fitting.ensemble import FittedEnsemble
     from .fitting.settings import FitSettings

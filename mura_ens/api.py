@@ -244,8 +244,11 @@ def score(
         ``ScoreSettings`` fields named like the ``mura-ens score`` options: ``ensemble``
         (``body_part`` | ``mean`` | ``fitted``), ``ensemble_file``, ``tta``, ``batch_size``, ``workers``,
         ``threshold``, ``resume``, ``providers``, ``precision``, ``bootstrap`` (a
-        :class:`~mura_ens.metrics.BootstrapSettings` or a number of resamples); and, with
-        ``backend="dask"``, ``scheduler`` and ``ship_models``.
+        :class:`~mura_ens.metrics.BootstrapSettings` or a number of resamples), ``explain`` (K: heatmaps
+        of the K most abnormal studies and, with labels, the K worst false positives and negatives under
+        ``heatmaps/``), ``labels`` (a labels CSV joined by study or path, e.g. for a DICOM folder),
+        ``pseudonymize`` and ``pseudonym_key`` (patient ids replaced by keyed hashes in every output); and,
+        with ``backend="dask"``, ``scheduler`` and ``ship_models``.
 
     Returns
     -------
