@@ -25,6 +25,7 @@ the model as layers, so the exported ONNX graph takes raw resized pixels.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from numbers import Integral, Real
 from typing import Any
 
 from .constants import BODY_PARTS
@@ -194,3 +195,19 @@ def _coerce(plugin_name: str, key: str, value: Any, default: Any) -> Any:
     if kind is str:
         return text
     raise bad(f"a {kind.__name__}")
+
+
+def at_least_one(config: Mapping[str, Any], key: str, *, plugin: str) -> int:
+    """``config[key]`` as an int >= 1; a one-line ``ValueError`` repeating a bad value (for ``build``)."""
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"bad value {value!r} for parameter {key!r} of plugin {plugin}: expected an integer >= 1")
+    return int(value)
+
+
+def dropout_rate(config: Mapping[str, Any], key: str, *, plugin: str) -> float:
+    """``config[key]`` as a dropout rate in [0, 1); a one-line ``ValueError`` repeating a bad value (for ``build``)."""
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) < 1:
+        raise ValueError(f"bad value {value!r} for parameter {key!r} of plugin {plugin}: expected a rate in [0, 1)")
+    return float(value)

@@ -10,10 +10,9 @@ then one sigmoid unit. Pixels are rescaled by 1/255 inside the model.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from numbers import Integral, Real
 from typing import Any
 
-from mura_ens.plugin import Plugin
+from mura_ens.plugin import Plugin, at_least_one, dropout_rate
 
 
 class CustomCNN(Plugin):
@@ -74,22 +73,6 @@ class CustomCNN(Plugin):
         if config.get("weights") not in (None, "none"):
             model.load_weights(config["weights"])
         return model
-
-
-def at_least_one(config: Mapping[str, Any], key: str, *, plugin: str) -> int:
-    """``config[key]`` as an int >= 1; a one-line ``ValueError`` repeating a bad value."""
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"bad value {value!r} for parameter {key!r} of plugin {plugin}: expected an integer >= 1")
-    return int(value)
-
-
-def dropout_rate(config: Mapping[str, Any], key: str, *, plugin: str) -> float:
-    """``config[key]`` as a dropout rate in [0, 1); a one-line ``ValueError`` repeating a bad value."""
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) < 1:
-        raise ValueError(f"bad value {value!r} for parameter {key!r} of plugin {plugin}: expected a rate in [0, 1)")
-    return float(value)
 
 
 plugin = CustomCNN()

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any
 
-from mura_ens.plugin import Plugin
+from mura_ens.plugin import Plugin, at_least_one, dropout_rate
 
 
 @dataclass(frozen=True)
@@ -114,22 +113,6 @@ def _conv_block(layers: Any, x: Any, filters: int, block: int, settings: _BlockS
         if settings.spatial_dropout > 0:
             x = layers.SpatialDropout2D(settings.spatial_dropout, name=f"block{block}_sdrop{conv}")(x)
     return settings.pool(2, padding="same", name=output)(x)
-
-
-def at_least_one(config: Mapping[str, Any], key: str, *, plugin: str) -> int:
-    """``config[key]`` as an int >= 1; a one-line ``ValueError`` repeating a bad value."""
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"bad value {value!r} for parameter {key!r} of plugin {plugin}: expected an integer >= 1")
-    return int(value)
-
-
-def dropout_rate(config: Mapping[str, Any], key: str, *, plugin: str) -> float:
-    """``config[key]`` as a dropout rate in [0, 1); a one-line ``ValueError`` repeating a bad value."""
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= float(value) < 1:
-        raise ValueError(f"bad value {value!r} for parameter {key!r} of plugin {plugin}: expected a rate in [0, 1)")
-    return float(value)
 
 
 plugin = FeedforwardCNN()
