@@ -50,15 +50,19 @@ shrunk toward ``plain_threshold`` by N/(N+k) (k = ``threshold_shrinkage``, or
 
 **Guard** (patient-grouped CV inside the part, same folds for every check):
 the fitted weights/calibrator are kept only when their out-of-fold log loss
-is strictly below the plain mean's; the part's threshold only when the whole
-procedure's out-of-fold kappa (Youden's J for ``youden``) is strictly above
+beats the plain mean's; the part's threshold only when the whole
+procedure's out-of-fold kappa (Youden's J for ``youden``) beats
 both the plain mean's and the kept probabilities' at ``plain_threshold``;
 kept weights whose out-of-fold kappa at ``plain_threshold`` is below the plain
 mean's are dropped. The global threshold is kept only when its out-of-fold
-kappa over all studies beats ``plain_threshold``'s. Ties and impossible CV
-keep the plain choice; ``info["guard"]`` and the notes record why. On the
+kappa over all studies beats ``plain_threshold``'s. "Beats" means by more than
+noise: the gain must be positive on all studies and in at least 90% of 1,000
+paired patient resamples of the same out-of-fold predictions
+(:mod:`~mura_ens.fitting.significance`). Ties, noise-sized gains and impossible
+CV keep the plain choice; ``info["guard"]`` and the notes record why. On the
 demo (15-24 fitting studies per part) unguarded kappa thresholds cost up to
-0.05 overall study kappa on the valid split (docs/ensembles.md).
+0.05 overall study kappa on the valid split, and a guard that took any gain
+0.016 (docs/ensembles.md).
 
 Parts with fewer than ``min_studies`` studies or one class keep the plain
 mean with the global calibrator (fitted on the plain means of all studies)
@@ -88,20 +92,19 @@ from .calibration import IDENTITY, Calibrator, fit_calibrator
 from .ensemble import FITTED, PLAIN_MEAN, FittedEnsemble, Member, PartModel
 from .quality import patient_folds, quality
 from .settings import FitSettings
+from .significance import TIE, judge, patient_resamples, resampled_mean, study_log_loss, verdict
 from .table import FittingTable, fitting_table
 from .thresholds import (
     between_part_variance,
     bootstrap_variance,
     criterion,
+    resampled_rule_value,
     rule_value,
     shrink_factor,
     shrunk_threshold,
     smooth_threshold,
 )
 from .weights import fit_weights, pool
-
-#: a cross-validated criterion must beat the plain mean's by more than this (a tie keeps the plain mean)
-TIE = 1e-9
 
 
 @dataclass
@@ -124,12 +127,13 @@ def _plain_probabilities(m: int) -> _Probabilities:
 
 @dataclass
 class _PartFit:
-    """One part's fitted probabilities, its CV folds, and the weights guard's verdict."""
+    """One part's fitted probabilities, its CV folds and patient resamples, and the weights guard's verdict."""
 
     fit: _Probabilities
     folds: list[tuple[np.ndarray, np.ndarray]]
     weights_kept: bool
     guard: dict[str, Any]
+    resamples: np.ndarray  # (b, n) copies of each study per patient resample, shared by the part's guards
 
     def chosen(self, P: np.ndarray, y: np.ndarray, settings: FitSettings) -> _Probabilities:
         """The fitted probabilities on (P, y) when the guard kept them, else the plain mean."""
@@ -238,25 +242,28 @@ def _guarded_probabilities(P: np.ndarray, y: np.ndarray, groups: np.ndarray, set
     """Fit the part's probabilities and keep them only if patient-grouped CV beats the plain mean.
 
     Kept when the out-of-fold log loss (what the weights and calibrator
-    minimise) is strictly lower than the plain mean's (a tie keeps the plain
-    mean); never kept when cross-validation is impossible. The AUC is recorded,
+    minimise) is lower than the plain mean's by more than noise: the paired
+    patient bootstrap of :mod:`~mura_ens.fitting.significance` (a tie keeps the
+    plain mean); never kept when cross-validation is impossible. The AUC is recorded,
     not judged: out-of-fold probabilities pooled over folds with different
     calibrators rank worse than any one fold's, so a calibration-only gain would lose on it.
     """
     fit = _fit_probabilities(P, y, settings)
     folds = patient_folds(y, groups, settings.cv_folds, settings.seed)
+    counts = patient_resamples(groups, settings.seed)
     plain = pool(P, np.zeros(P.shape[1]))
     base = quality(y, plain, plain > settings.plain_threshold)
     guard: dict[str, Any] = {"kept": False, "plain": {k: base[k] for k in ("log_loss", "auc")}, "fitted_cv": None}
     if not folds:
-        return _PartFit(fit, folds, False, guard)
+        return _PartFit(fit, folds, False, guard, counts)
     oof = np.full(len(y), np.nan)
     for train, test in folds:
         oof[test] = _fit_probabilities(P[train], y[train], settings).apply(P[test])
     cv = quality(y, oof, oof > settings.plain_threshold)
     guard["fitted_cv"] = {k: cv[k] for k in ("log_loss", "auc")}
-    guard["kept"] = bool(cv["log_loss"] < base["log_loss"] - TIE)
-    return _PartFit(fit, folds, guard["kept"], guard)
+    gains = study_log_loss(y, plain) - study_log_loss(y, oof)
+    guard.update(judge(float(np.mean(gains)), resampled_mean(gains, counts)))
+    return _PartFit(fit, folds, guard["kept"], guard, counts)
 
 
 def _shrunk_global(y: np.ndarray, q: np.ndarray, settings: FitSettings) -> tuple[float | None, float, float]:
@@ -283,21 +290,25 @@ def _global_threshold(table: FittingTable, q: np.ndarray, settings: FitSettings)
         oof[test] = q[test] > _shrunk_global(y[train], q[train], settings)[1]
     plain_value = rule_value(y, q > t_plain, rule)
     cv_value = rule_value(y, oof, rule) if folds else None
-    kept = cv_value is not None and plain_value is not None and cv_value > plain_value + TIE
-    info: dict[str, Any] = {
-        "threshold_fitted": raw,
-        "threshold_shrink": lam,
-        "guard": {"kept": kept, "criterion": criterion(rule), "plain": plain_value, "fitted_cv": cv_value},
-    }
-    if not kept:
-        info["note"] = _rejected_note("global threshold", cv_value, plain_value, rule, t_plain)
-    return _Global(float(threshold) if kept else t_plain, kept, info)
+    guard: dict[str, Any] = {"kept": False, "criterion": criterion(rule), "plain": plain_value, "fitted_cv": cv_value}
+    if cv_value is not None and plain_value is not None:
+        counts = patient_resamples(table.patient, settings.seed)
+        gains = resampled_rule_value(y, oof, counts, rule) - resampled_rule_value(y, q > t_plain, counts, rule)
+        guard.update(judge(cv_value - plain_value, gains))
+    info: dict[str, Any] = {"threshold_fitted": raw, "threshold_shrink": lam, "guard": guard}
+    if not guard["kept"]:
+        info["note"] = _rejected_note("global threshold", guard, rule, t_plain)
+    return _Global(float(threshold) if guard["kept"] else t_plain, guard["kept"], info)
 
 
-def _rejected_note(what: str, cv: float | None, plain: float | None, rule: str, t_plain: float) -> str:
+def _rejected_note(what: str, guard: dict[str, Any], rule: str, t_plain: float) -> str:
+    cv, plain = guard["fitted_cv"], guard["plain"]
     if cv is None or plain is None:
         return f"{what} not judged (too few patients of a class for cross-validation): {t_plain:g} kept"
-    return f"{what}: cross-validated {criterion(rule)} {cv:.3f} <= {plain:.3f} at {t_plain:g}: {t_plain:g} kept"
+    return (
+        f"{what}: cross-validated {criterion(rule)} {cv:.3f} vs {plain:.3f} at {t_plain:g}, "
+        f"{verdict(guard)}: {t_plain:g} kept"
+    )
 
 
 def _part_threshold(
@@ -375,7 +386,9 @@ def _threshold_guard(
     y: np.ndarray, plain: np.ndarray, oof: tuple[np.ndarray, np.ndarray], part_fit: _PartFit, settings: FitSettings
 ) -> dict[str, Any]:
     """Keep the part's own threshold only if its CV criterion beats both the plain mean and the probabilities at
-    ``plain_threshold``; drop fitted weights whose CV criterion at ``plain_threshold`` is below the plain mean's."""
+    ``plain_threshold`` by more than noise (the paired patient bootstrap of
+    :mod:`~mura_ens.fitting.significance`, on the better of the two per resample);
+    drop fitted weights whose CV criterion at ``plain_threshold`` is below the plain mean's."""
     rule, t_plain = settings.threshold_rule, settings.plain_threshold
     oof_q, oof_pred = oof
     plain_value = rule_value(y, plain > t_plain, rule)
@@ -389,7 +402,13 @@ def _threshold_guard(
     if plain_value is None or at_plain is None or fitted is None:
         guard.update(kept=False, weights_dropped=False)
         return guard
-    guard["kept"] = fitted > max(plain_value, at_plain) + TIE
+    counts = part_fit.resamples
+    best_plain = resampled_rule_value(y, plain > t_plain, counts, rule)
+    if part_fit.weights_kept:
+        best_plain = np.fmax(best_plain, resampled_rule_value(y, oof_q > t_plain, counts, rule))
+    guard.update(
+        judge(fitted - max(plain_value, at_plain), resampled_rule_value(y, oof_pred, counts, rule) - best_plain)
+    )
     guard["weights_dropped"] = bool(part_fit.weights_kept and not guard["kept"] and at_plain < plain_value - TIE)
     return guard
 
@@ -472,7 +491,7 @@ def _guard_notes(part_fit: _PartFit, threshold_guard: dict[str, Any], settings: 
         cv, plain = w["fitted_cv"], w["plain"]
         notes.append(
             f"fitted weights not kept: cross-validated log loss {cv['log_loss']:.3f} vs plain {plain['log_loss']:.3f}, "
-            f"AUC {_num(cv['auc'])} vs {_num(plain['auc'])}: plain mean"
+            f"AUC {_num(cv['auc'])} vs {_num(plain['auc'])}, {verdict(w)}: plain mean"
         )
     elif threshold_guard["weights_dropped"]:
         notes.append(
@@ -484,8 +503,8 @@ def _guard_notes(part_fit: _PartFit, threshold_guard: dict[str, Any], settings: 
             v for v in (threshold_guard["plain"], threshold_guard["weights_at_plain_threshold_cv"]) if v is not None
         )
         notes.append(
-            f"own threshold not kept: cross-validated {crit} {_num(threshold_guard['fitted_cv'])} <= "
-            f"{best:.3f} at {t_plain:g}: threshold {t_plain:g}"
+            f"own threshold not kept: cross-validated {crit} {_num(threshold_guard['fitted_cv'])} vs "
+            f"{best:.3f} at {t_plain:g}, {verdict(threshold_guard)}: threshold {t_plain:g}"
         )
     return notes
 

@@ -122,6 +122,17 @@ def rule_value(y: np.ndarray, pred: np.ndarray, rule: str) -> float | None:
     return float(_scores(np.array(below_pos), np.array(below_all), float(n_pos), float(len(y)), criterion(rule)))
 
 
+def resampled_rule_value(y: np.ndarray, pred: np.ndarray, counts: np.ndarray, rule: str) -> np.ndarray:
+    """:func:`rule_value` on each resample, a row of ``counts`` (b, n) holding each study's copies; NaN with one class."""
+    y = np.asarray(y, dtype=np.float64)
+    below = np.asarray(pred, dtype=np.int64) == 0
+    n_pos = counts @ y
+    n = counts.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # one-class resamples: set to NaN below
+        values = _scores(counts @ (below * y), counts @ below.astype(np.float64), n_pos, n, criterion(rule))
+    return np.where((n_pos > 0) & (n_pos < n), values, np.nan)
+
+
 def criterion(rule: str) -> str:
     """The quantity a threshold rule targets: ``youden`` for youden, ``kappa`` otherwise (``fixed`` too)."""
     return "youden" if rule == "youden" else "kappa"
