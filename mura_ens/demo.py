@@ -243,8 +243,15 @@ def _train_models(
     (general_run,) = train("custom_cnn", data, runs_dir, generalist)
     done()
     done = clock.step("train_specialists", f"training specialists warm-started from {general_run.name} (--init-from)")
+    # Short names (specialists-XR_HAND, ...) keep the report's tables and plots readable; without --name a
+    # family is named after its parameters (specialists-custom_cnn-64-f16-...-XR_HAND).
     specialists = replace(
-        common, epochs=settings.specialist_epochs, base="custom_cnn", weights=None, init_from=general_run
+        common,
+        epochs=settings.specialist_epochs,
+        base="custom_cnn",
+        weights=None,
+        init_from=general_run,
+        name="specialists",
     )
     runs = [general_run, *train("specialists", data, runs_dir, specialists)]
     done()

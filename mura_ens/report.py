@@ -407,7 +407,9 @@ def roc_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[
             if y.size == 0 or y.min() == y.max():
                 continue
             auc = format_metric(_study_auc(metrics, col, panel))
-            _roc_line(ax, y, p, label=f"{name} ({auc})", colour=None if col == "prob" else f"C{(i - 1) % 10}")
+            _roc_line(
+                ax, y, p, label=f"{short_label(name)} ({auc})", colour=None if col == "prob" else f"C{(i - 1) % 10}"
+            )
             drawn += 1
         if drawn:
             ax.legend(loc="lower right", fontsize=6, title="AUC", title_fontsize=6, frameon=False)
@@ -640,7 +642,7 @@ def _forest_png(panel: str, rows: list[tuple[str, Mapping, str]], xmin: float, n
         text = _fmt_interval(kappa, lo, hi)
         ax.text(1.02, y, text, transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=7)
     ax.axvline(0.0, color="0.7", lw=0.8, ls="--")
-    ax.set_yticks(ys, [label for label, _, _ in rows], fontsize=7.5)
+    ax.set_yticks(ys, [short_label(label) for label, _, _ in rows], fontsize=7.5)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlim(xmin, 1.04)  # room for an interval that ends at 1
     ax.set_xticks([t for t in np.arange(-1.0, 1.01, 0.2) if t >= xmin - 1e-9])
@@ -650,6 +652,18 @@ def _forest_png(panel: str, rows: list[tuple[str, Mapping, str]], xmin: float, n
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def short_label(text: str, limit: int = 36) -> str:
+    """``text`` cut in the middle to at most ``limit`` characters (``start…end``) for a plot's axis.
+
+    Run names made from parameters run long (``specialists-custom_cnn-64-f16-...-XR_ELBOW``); their
+    start (plugin) and end (body part) tell them apart, and the tables keep the whole name.
+    """
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
 
 
 def _fmt_interval(value: float | None, lo: float | None, hi: float | None) -> str:
@@ -767,7 +781,7 @@ def _calibration_figure(labelled: pd.DataFrame, model_names: list[str], metrics:
                 ms=3.5,
                 lw=1.8 if strong else 1.0,
                 color=colours[col],
-                label=f"{name} ({brier:.3f})",
+                label=f"{short_label(name)} ({brier:.3f})",
                 zorder=3 if strong else 2,
             )
         if ax.get_legend_handles_labels()[0]:

@@ -330,3 +330,13 @@ def test_reliability_points_and_brier_score():
     xs, ys, brier = reliability_points(y, p)
     assert xs == pytest.approx([0.1, 0.525, 0.95]) and ys == [0.0, 1.0, 0.5]
     assert brier == pytest.approx(np.mean((p - y) ** 2))
+
+
+def test_short_label_keeps_the_start_and_the_end_of_a_long_run_name():
+    from mura_ens.report import short_label
+
+    name = "specialists-custom_cnn-64-f16-c5-e10-pat5-vf0.3-init-wc-aug-XR_ELBOW"
+    short = short_label(name)
+    assert len(short) == 36 and short.startswith("specialists-custo") and short.endswith("wc-aug-XR_ELBOW")
+    assert "…" in short
+    assert short_label("custom_cnn") == "custom_cnn"
