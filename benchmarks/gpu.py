@@ -280,10 +280,17 @@ def training_measures(plan: Plan) -> dict[str, Callable[[], float]]:
     return measures
 
 
-def report_training(measures: dict[str, Callable[[], float]], plan: Plan) -> None:
+def measured_rates(
+    measures: dict[str, Callable[[], float]], plan: Plan, what: str
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each side's images/s per repeat (sides alternated, printed as a note) and their medians."""
     values = alternate(measures, plan.repeats)
-    note("train images/s per repeat " + "; ".join(f"{k} {[round(v, 1) for v in vs]}" for k, vs in values.items()))
-    rates = {key: median(v) for key, v in values.items()}
+    note(f"{what} images/s per repeat " + "; ".join(f"{k} {[round(v, 1) for v in vs]}" for k, vs in values.items()))
+    return values, {key: median(v) for key, v in values.items()}
+
+
+def report_training(measures: dict[str, Callable[[], float]], plan: Plan) -> None:
+    values, rates = measured_rates(measures, plan, "train")
     size = f"{plan.model}, {plan.image_size} px, batch {plan.batch_size}"
     labels = {"fp32": "float32, no XLA", "mixed_xla": "mixed_float16 + XLA"}
     for key, rate_ in rates.items():
@@ -348,9 +355,7 @@ def scoring_measures(plan: Plan, path: Path) -> dict[str, Callable[[], float]]:
 
 
 def report_scoring(measures: dict[str, Callable[[], float]], plan: Plan) -> None:
-    values = alternate(measures, plan.repeats)
-    note("ORT images/s per repeat " + "; ".join(f"{k} {[round(v, 1) for v in vs]}" for k, vs in values.items()))
-    rates = {key: median(v) for key, v in values.items()}
+    values, rates = measured_rates(measures, plan, "ORT")
     size = f"{plan.model} fp32, {plan.image_size} px, batch {plan.batch_size}"
     if "cuda" in rates:
         result("ort_cuda_fp32_img_s", rates["cuda"], f"images/s, {size}, CUDAExecutionProvider")
