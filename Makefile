@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test test-fast lint clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# The edit loop: every test but the TensorFlow (`tf`) and `slow` ones, no lint. Not a replacement for
+# `make test`, which CI runs: everything, serially (pytest-xdist is not a dependency; see issue 25).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not tf and not slow"
 
 # The gate CI runs before the tests: lint, formatting, types. Any finding fails the run.
 lint: $(STAMP)

@@ -23,6 +23,18 @@ image costs its decoded bytes once, and the decode threads share one byte
 budget, :data:`mura_ens.data.images.DECODE_BUDGET`), and the same with one huge
 image and one thread: ``peak_rss_mb_huge16x1``. ``--huge-only`` skips the
 1,000/8,000 part; ``--huge-size`` changes the side (``--quick``: 2000).
+
+Then the number of models (issue 25), per ``--model-kinds`` (default
+``custom_cnn:256,densenet201:320``): a generalist and seven specialists of that
+registry plugin (**untrained**, ``weights=None``, exported once with the
+project's exporter and cached in the work folder, as ``full_valid.py`` builds
+them; needs the ``[train]`` extra), scoring a MURA-valid-shaped set of about
+205 images (``--models-scale``) at ``--batch-size``: the generalist alone
+(``--model``) against all eight (``--models``), alternated:
+``peak_rss_mb_1model[<kind>]``, ``peak_rss_mb_8models[<kind>]`` and
+``rss_8models_vs_1model[<kind>]`` (goal <= 1.5; for ``densenet201`` also
+``peak_rss_gib_8models[densenet201]``, goal < 3 GiB). ``--models-only`` runs
+just this part, ``--skip-models`` skips it (``--quick``: a tiny ONNX CNN).
 """
 
 from __future__ import annotations
@@ -62,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--huge-only", action="store_true", help="only the huge 16-bit image figures")
     parser.add_argument("--huge-size", type=int, default=None, help="side of the 16-bit images (default 8000)")
+    parser.add_argument("--models-only", action="store_true", help="only the 8-models-vs-1 figures")
+    parser.add_argument("--skip-models", action="store_true", help="no 8-models-vs-1 figures")
+    parser.add_argument(
+        "--model-kinds",
+        default=None,
+        help="plugin:size list for the 8-vs-1 figures (default custom_cnn:256,densenet201:320)",
+    )
+    parser.add_argument("--models-scale", type=float, default=None, help="fraction of MURA valid (default 0.064)")
     args = parser.parse_args(argv)
     small = args.small or (40 if args.quick else 1000)
     large = args.large or (320 if args.quick else 8000)
@@ -87,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             "--no-progress",
         ]
 
+    if args.models_only:
+        return models_memory(args, work, cli)
     if args.huge_only:
         return huge_images(args, work, model, cli)
     note(f"command: {' '.join(command(large))}")
@@ -110,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "rss_8000_vs_1000" if (small, large) == (1000, 8000) else f"rss_{large}_vs_{small}"
     ratio(name, value, goal=f"<= {GOAL}")
     note("goal held" if value is not None and value <= GOAL else "goal did not hold")
-    return huge_images(args, work, model, cli)
+    huge_images(args, work, model, cli)
+    return 0 if args.skip_models else models_memory(args, work, cli)
 
 
 HUGE_GOAL = 3.0
@@ -182,6 +205,65 @@ def huge_images(args, work: Path, model: Path, cli: list[str]) -> int:
     ratio("rss_huge16x4_vs_plain", value, goal=f"<= {HUGE_GOAL}")
     note("goal held" if value is not None and value <= HUGE_GOAL else "goal did not hold")
     return 0
+
+
+MODELS_GOAL = 1.5
+DENSENET_GOAL_GIB = 3.0
+
+
+def models_memory(args, work: Path, cli: list[str]) -> int:
+    """Peak RSS of ``mura-ens score`` with a generalist + 7 specialists vs the generalist alone, per model kind."""
+    import importlib.util
+
+    from full_valid import build_models, make_valid_tree
+
+    kinds = args.model_kinds or ("tiny:256" if args.quick else "custom_cnn:256,densenet201:320")
+    scale = args.models_scale or (0.01 if args.quick else 0.064)
+    repeats = args.repeats or (1 if args.quick else 2)
+    root = make_valid_tree(work / "models-set", scale=scale, distinct=16 if args.quick else 200, png_size=512)
+    paths = sorted(root.rglob("*.png"))
+    note(f"8 models vs 1: {len(paths)} PNGs in {len({p.parent for p in paths})} studies, batch {args.batch_size}")
+    for kind in kinds.split(","):
+        plugin, _, size_text = kind.partition(":")
+        if plugin != "tiny" and importlib.util.find_spec("tensorflow") is None:
+            note(f"{plugin}: skipped (exporting it needs TensorFlow, the [train] extra)")
+            continue
+        models = build_models(work / "models8", plugin, int(size_text or 256), paths)
+        base = [*cli, "score", str(root), "--batch-size", str(args.batch_size), "--no-progress"]
+        commands = {
+            "1model": [*base, "--model", str(models / "generalist.onnx"), "--out", str(work / "out-1model")],
+            "8models": [*base, "--models", str(models), "--out", str(work / "out-8models")],
+        }
+        peaks, walls = _peaks_alternated(commands, repeats)
+        for name, peak in peaks.items():
+            result(
+                f"peak_rss_mb_{name}[{plugin}]", peak, f"MiB, {plugin} @ {size_text} px, whole mura-ens score process"
+            )
+            result(f"images_per_s_{name}[{plugin}]", len(paths) / median(walls[name]), "images/s, whole process")
+        value = safe_ratio(peaks["8models"], peaks["1model"])
+        ratio(f"rss_8models_vs_1model[{plugin}]", value, goal=f"<= {MODELS_GOAL}")
+        if plugin == "densenet201":
+            gib = peaks["8models"] / 1024
+            result(f"peak_rss_gib_8models[{plugin}]", gib, f"GiB (goal < {DENSENET_GOAL_GIB})")
+            note("8 x DenseNet201 under 3 GiB: " + ("held" if gib < DENSENET_GOAL_GIB else "not held"))
+        note("goal held" if value is not None and value <= MODELS_GOAL else "goal did not hold")
+    return 0
+
+
+def _peaks_alternated(commands: dict[str, list[str]], repeats: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Median peak RSS (MiB) of each command over ``repeats`` alternated rounds, and the wall times."""
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+
+    def measure(name: str):
+        def run() -> float:
+            wall, rss, _ = run_measured(commands[name])
+            walls[name].append(wall)
+            return rss / 2**20
+
+        return run
+
+    values = alternate({name: measure(name) for name in commands}, repeats)
+    return {name: median(v) for name, v in values.items()}, walls
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .console import one_line_warnings
 from .errors import MissingExtraError, UsageError
 from .runs import Run, load_run
 
@@ -110,9 +111,11 @@ def train(
     """
     options = train_options(options, **overrides)
     require_train_extra()
+    from .training.checks import training_warnings_as_lines
     from .training.trainer import train as train_models
 
-    return [load_run(path) for path in train_models(plugin, data, out, options)]
+    with training_warnings_as_lines():  # one "mura-ens: warning: ..." line each, no file:line (notebooks too)
+        return [load_run(path) for path in train_models(plugin, data, out, options)]
 
 
 def train_options(options: TrainOptions | None = None, **overrides: Any) -> TrainOptions:
@@ -174,6 +177,7 @@ def check_quantize(quantize: str | None) -> None:
         raise UsageError(f"unknown --quantize {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
 
 
+@one_line_warnings
 def export(
     run_dir: PathLike,
     *,
@@ -212,6 +216,7 @@ def export(
     return ExportResult(run_dir=run_dir, onnx=exported, int8=int8)
 
 
+@one_line_warnings
 def score(
     input: PathLike,
     out: PathLike,
@@ -242,11 +247,13 @@ def score(
         A progress bar; default only when stderr is a terminal.
     **options
         ``ScoreSettings`` fields named like the ``mura-ens score`` options: ``ensemble``
-        (``body_part`` | ``mean`` | ``fitted``), ``ensemble_file``, ``tta``, ``batch_size``, ``workers``,
+        (``body_part`` | ``mean`` | ``fitted``), ``ensemble_file``, ``allow_mismatch`` (apply it to another
+        precision / TTA than it was fitted on, with a warning), ``tta``, ``batch_size``, ``workers``,
         ``threshold``, ``resume``, ``providers``, ``precision``, ``bootstrap`` (a
         :class:`~mura_ens.metrics.BootstrapSettings` or a number of resamples), ``explain`` (K: heatmaps
         of the K most abnormal studies and, with labels, the K worst false positives and negatives under
-        ``heatmaps/``), ``labels`` (a labels CSV joined by study or path, e.g. for a DICOM folder),
+        ``heatmaps/``; ``"all"``: every labelled abnormal study too), ``findings`` (a ``findings.csv``: the
+        heatmaps scored against its boxes, ``heatmaps/explain_eval.json``), ``labels`` (a labels CSV joined by study or path, e.g. for a DICOM folder),
         ``pseudonymize`` and ``pseudonym_key`` (patient ids replaced by keyed hashes in every output); and,
         with ``backend="dask"``, ``scheduler`` and ``ship_models``.
 
@@ -263,6 +270,12 @@ def score(
     from .scoring.backends import make_backend
     from .scoring.score import score as run_scoring
 
+    input, out, models = (
+        path_arg("input", input, optional=False),
+        path_arg("out", out, optional=False),
+        path_arg("models", models, hint="; give model files as model=[...]"),
+    )
+    files = path_list("model", model)
     scheduler, ship_models = options.pop("scheduler", None), options.pop("ship_models", False)
     settings = score_settings(settings, **options)
     if isinstance(backend, str):
@@ -277,10 +290,43 @@ def score(
         raise UsageError(
             "scheduler and ship_models are options of a backend named by its name, not of a backend object"
         )
-    files = [model] if isinstance(model, (str, os.PathLike)) else list(model or ())
     return run_scoring(
         input, out, models_dir=models, model_files=files, settings=settings, backend=backend, progress=progress
     )
+
+
+def path_arg(name: str, value: Any, *, optional: bool = True, hint: str = "") -> Any:
+    """``value`` when it is a path (``str`` or ``os.PathLike``; None when ``optional``), else one
+    :class:`~mura_ens.errors.UsageError` naming the argument, the accepted types and the type given."""
+    if (value is None and optional) or isinstance(value, (str, os.PathLike)):
+        return value
+    accepted = "a path (str or os.PathLike)" + (" or None" if optional else "")
+    raise UsageError(f"{name} must be {accepted}, got {type(value).__name__} {_short_repr(value)}{hint}")
+
+
+def path_list(name: str, value: Any) -> list[Any]:
+    """``value`` as a list of paths: None, one path, or a list/tuple of paths; anything else is one
+    :class:`~mura_ens.errors.UsageError` naming the argument and the accepted types."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, os.PathLike)) for v in value):
+        return list(value)
+    bad = (
+        next((v for v in value if not isinstance(v, (str, os.PathLike))), value)
+        if isinstance(value, (list, tuple))
+        else value
+    )
+    raise UsageError(
+        f"{name} must be a path (str or os.PathLike) or a list of paths, got {type(value).__name__} "
+        f"{_short_repr(value)}" + (f" holding a {type(bad).__name__}" if bad is not value else "")
+    )
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def score_settings(settings: ScoreSettings | None = None, **options: Any) -> ScoreSettings:
@@ -311,6 +357,7 @@ def bootstrap_settings(bootstrap: BootstrapSettings | int, seed: int = 0) -> Boo
     return BootstrapSettings(n_resamples=bootstrap, seed=seed)
 
 
+@one_line_warnings
 def evaluate(
     predictions: PathLike,
     *,
@@ -351,6 +398,7 @@ def evaluate(
     return metrics
 
 
+@one_line_warnings
 def fit_ensemble(
     scored_dir: PathLike,
     out: PathLike | None = None,
@@ -363,8 +411,9 @@ def fit_ensemble(
     """Fit per body part member weights, an optional calibrator and a threshold on a labelled ``score`` output.
 
     ``scored_dir`` is the ``out`` folder of :func:`score` on a labelled set not
-    used for training; the members' sha256 come from its ``models.json``, or
-    from ``models`` / ``model`` (the models it was scored with). ``options``:
+    used for training; the members, their sha256, the precision and the TTA come from its
+    ``models.json``; ``models`` / ``model`` only cross-check them (a model that differs
+    from what the folder was scored with is a one-line :class:`UsageError`). ``options``:
     :class:`~mura_ens.fitting.FitSettings` fields named like the
     ``mura-ens fit-ensemble`` options (``calibrate``, ``threshold_rule``,
     ``threshold``, ``shrinkage``, ``threshold_shrinkage`` (None = auto),
@@ -374,17 +423,26 @@ def fit_ensemble(
     >>> fitted = mura_ens.fit_ensemble("tuning", "ensemble.json", calibrate="platt")  # doctest: +SKIP
     """
     from .fitting import FitSettings, fit_scored_dir
+    from .fitting.scored import MODELS_FILE
+    from .io import refuse_input_as_output
+    from .scoring.models import load_models
 
+    files = path_list("model", model)
+    scored_dir, out = path_arg("scored_dir", scored_dir, optional=False), path_arg("out", out)
+    models = path_arg("models", models)
     if out is not None and Path(out).is_dir():
         raise UsageError(f"--out must be a file, got a folder: {out}")
+    scored = Path(scored_dir)
+    tables = [scored / name for name in ("studies.csv", "images.csv", "metrics.json", MODELS_FILE)]
+    refuse_input_as_output([out], [scored, *tables, models, *files])
     if "folds" in options:
         options["cv_folds"] = options.pop("folds")
     if settings is None:
         settings = FitSettings(**options)
     elif options:
         settings = replace(settings, **options)
-    files = [model] if isinstance(model, (str, os.PathLike)) else list(model or ())
-    fitted = fit_scored_dir(scored_dir, settings, models_dir=models, model_files=files)
+    given = load_models(models, files) if models is not None or files else None  # only cross-checked
+    fitted = fit_scored_dir(scored_dir, settings, given_models=given, whole_folder=models is not None)
     if out is not None:
         fitted.save(out)
     return fitted

@@ -39,6 +39,8 @@ from .errors import UsageError
 MARKER = ".mura-ens-demo"
 #: What the demo writes under ``out`` (rebuilt on every run).
 OUTPUT_FOLDERS = ("data", "runs", "heldout", "results", "results_body_part")
+#: The ground truth ``synth`` writes next to the official CSVs (one row per visible finding per image).
+FINDINGS_FILE = "findings.csv"
 #: The done-when of issue 11: the fitted ensemble may trail the best single model by at most this much kappa.
 KAPPA_MARGIN = 0.01
 
@@ -60,23 +62,29 @@ class DemoSettings:
     generalist_params: tuple[str, ...]
     batch_size: int = 32
     val_fraction: float = 0.3
+    synth_size: int = 192  # longest side of the synthetic PNGs (findings.csv boxes are in these pixels)
+    synth_valid_fraction: float = 0.3  # share of the synthetic studies in valid/ (by patient): the comparison's n
 
 
 FULL = DemoSettings(
     studies_per_part=96,
     image_size=64,
-    epochs=15,
-    patience=5,
+    epochs=20,
+    patience=8,
     specialist_epochs=10,
     generalist_params=("starting_filters=16", "cells=5"),
+    batch_size=16,
 )
 QUICK = DemoSettings(
-    studies_per_part=20,
+    studies_per_part=30,
     image_size=48,
-    epochs=2,
-    patience=2,
+    epochs=4,
+    patience=4,
     specialist_epochs=1,
     generalist_params=("starting_filters=8", "cells=4"),
+    batch_size=16,
+    synth_size=96,
+    synth_valid_fraction=0.2,  # humerus, the scarcest part, keeps enough patients to split for its specialist
 )
 
 
@@ -142,6 +150,7 @@ class DemoResult:
     fitted: Any = None  # mura_ens.fitting.FittedEnsemble
     comparison: Comparison | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    explain_eval: dict[str, Any] | None = None  # results/heatmaps/explain_eval.json: the heatmaps' localisation
 
 
 def _prepare_out(out: Path) -> None:
@@ -191,7 +200,11 @@ def run_demo(
 
     done = clock.step("synth", f"synthetic MURA: {settings.studies_per_part} studies per body part -> {out / 'data'}")
     make_synthetic_mura(
-        out / "data", studies_per_part=settings.studies_per_part, size=max(64, settings.image_size), seed=seed
+        out / "data",
+        studies_per_part=settings.studies_per_part,
+        size=max(settings.synth_size, settings.image_size),
+        seed=seed,
+        valid_fraction=settings.synth_valid_fraction,
     )
     data = out / "data" / "MURA-v1.1"
     done()
@@ -206,7 +219,15 @@ def run_demo(
     done()
     done = clock.step("score_valid", f"scoring {data / 'valid'}: plain body_part mean, then the fitted ensemble")
     body_part = _score(data / "valid", out / "results_body_part", out / "runs", progress=progress)
-    result = _score(data / "valid", out / "results", out / "runs", progress=progress, ensemble_file=ensemble_file)
+    findings = data / FINDINGS_FILE  # ground truth of every visible finding: the heatmaps are scored against it
+    result = _score(
+        data / "valid",
+        out / "results",
+        out / "runs",
+        progress=progress,
+        ensemble_file=ensemble_file,
+        findings=findings if findings.is_file() else None,
+    )
     done()
     return DemoResult(
         out=out,
@@ -220,6 +241,7 @@ def run_demo(
         fitted=fitted,
         comparison=compare(body_part, result),
         seconds=clock.seconds,
+        explain_eval=_explain_eval(out / "results"),
     )
 
 
@@ -258,6 +280,16 @@ def _train_models(
     return runs
 
 
+def _explain_eval(results: Path) -> dict[str, Any] | None:
+    """The localisation scores ``score --findings`` wrote for ``results`` (None when there are none)."""
+    import json
+
+    from .explain.evaluate import EVAL_FILE
+
+    path = results / "heatmaps" / EVAL_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def write_validation_fold(runs: list[Path], path: Path) -> Path:
     """Write the runs' validation fold (rows with fold ``val``) as a manifest; the runs must share one split.
 
@@ -288,13 +320,24 @@ def write_validation_fold(runs: list[Path], path: Path) -> Path:
     return path
 
 
-def _score(source: Path, out: Path, models: Path, *, progress: bool | None, ensemble_file: Path | None = None):
+def _score(
+    source: Path,
+    out: Path,
+    models: Path,
+    *,
+    progress: bool | None,
+    ensemble_file: Path | None = None,
+    findings: Path | None = None,
+):
+    """Score ``source``; with ``findings``, also ``--explain all --findings`` (a raw map of every image of every
+    labelled abnormal study, scored against the ground-truth boxes)."""
     from .scoring.score import ScoreSettings, score
 
+    explain: dict[str, Any] = {} if findings is None else {"explain": "all", "findings": findings}
     settings = (
-        ScoreSettings(ensemble="fitted", ensemble_file=ensemble_file)
+        ScoreSettings(ensemble="fitted", ensemble_file=ensemble_file, **explain)
         if ensemble_file is not None
-        else ScoreSettings(ensemble="body_part")
+        else ScoreSettings(ensemble="body_part", **explain)
     )
     return score(source, out, models_dir=models, settings=settings, progress=progress)
 
@@ -302,8 +345,9 @@ def _score(source: Path, out: Path, models: Path, *, progress: bool | None, ense
 def _fit(heldout: Path, models: Path):
     """Fit on ``heldout/scored`` (default settings: no calibration, kappa thresholds shrunk automatically)."""
     from .fitting import fit_scored_dir
+    from .scoring.models import load_models
 
-    fitted = fit_scored_dir(heldout / "scored", models_dir=models)
+    fitted = fit_scored_dir(heldout / "scored", given_models=load_models(models), whole_folder=True)
     path = heldout / "ensemble.json"
     fitted.save(path)
     return fitted, path

@@ -55,3 +55,12 @@ class RunFailed(Exception):
     The CLI prints one line and exits with code 1; what was finished is kept
     (scoring's journal), so the message says how to continue.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was sent SIGTERM (a scheduler, ``docker stop``, ``kill``): handled exactly like Ctrl-C.
+
+    A ``KeyboardInterrupt``, so every ``except KeyboardInterrupt`` / ``finally`` that cleans up after Ctrl-C
+    (locks released, unfinished run folders deleted, the scoring journal closed) runs for it too; the CLI
+    exits with the same code (130).
+    """

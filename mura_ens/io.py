@@ -21,12 +21,13 @@ also an ``OSError``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -97,6 +98,140 @@ def check_output_file(path: str | os.PathLike, *, what: str = "output file") -> 
     except OSError as exc:
         raise OutputError(f"cannot write {what} {path}: {_reason(exc, path.parent)}") from None
     return path
+
+
+#: ``errno`` values of an output that cannot be written for a reason of the disk, not of the program:
+#: full (``ENOSPC``), over quota (``EDQUOT``), read-only (``EROFS``), no permission (``EACCES``, ``EPERM``).
+WRITE_ERRNOS: frozenset[int] = frozenset(
+    code
+    for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS, errno.EACCES, errno.EPERM)
+    if code is not None
+)
+
+
+def check_writable_folder(path: str | os.PathLike, *, what: str = "--out") -> None:
+    """Check, creating nothing, that the folder ``path`` exists and is writable or can be made: its nearest
+    existing folder must be writable. A read-only file system or a folder without write permission is an
+    :class:`OutputError` (``cannot create --out X: /mnt/ro is on a read-only file system``)."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            return  # a file in the way: the callers' own checks name it
+        read_only = False
+        with contextlib.suppress(OSError, AttributeError):
+            read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        if read_only:
+            raise OutputError(f"cannot create {what} {path}: {folder} is on a read-only file system")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot create {what} {path}: no permission to write in {folder}")
+        return
+
+
+def refuse_input_as_output(
+    outputs: Iterable[str | os.PathLike | None],
+    inputs: Iterable[str | os.PathLike | None],
+    *,
+    what: str = "--out",
+) -> None:
+    """Refuse, before any work, an output path that is, or resolves to, a path the command reads.
+
+    Every command that writes a file or folder calls this with the paths it will
+    write (``outputs``) and the files and folders it reads (``inputs``): ``manifest``
+    (the manifest vs its source, the official CSVs in a source folder, ``--labels``),
+    ``fit-ensemble`` (``ensemble.json`` vs ``SCORED_DIR`` and its tables, the models),
+    ``score`` (``--out`` and each of its files vs the input, ``--labels``, the models,
+    the ensemble file), ``train`` (``--out`` vs ``--data``, ``--cache``, ``--init-from``),
+    ``compare -o``, ``evaluate -o``, ``explain-eval --out``. Paths are compared after
+    resolving symlinks and ``..`` (``os.path.realpath``), and by device and inode when
+    both exist (a hard link, a bind mount). ``None`` entries are ignored.
+
+    Raises :class:`OutputError` (one line, exit 2 in the CLI): ``--out S/studies.csv is
+    an input of this command; choose another path`` (``... resolves to S/studies.csv, an
+    input of this command ...`` for a symlink or a ``..`` spelling).
+    """
+    read = [Path(i) for i in inputs if i is not None]
+    for output in outputs:
+        if output is None:
+            continue
+        for source in read:
+            if _same_path(Path(output), source):
+                same = os.fspath(source) == os.fspath(output)
+                where = "is" if same else f"resolves to {source},"
+                raise OutputError(f"{what} {output} {where} an input of this command; choose another path")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+@contextlib.contextmanager
+def write_errors_as_usage(what: str = "") -> Iterator[None]:
+    """Inside the block, an ``OSError`` of a full, read-only or forbidden disk (:data:`WRITE_ERRNOS`) becomes one
+    :class:`OutputError` line (``cannot write X: No space left on device``); other errors pass unchanged."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        line = disk_error_line(exc, what)
+        if line is None:
+            raise
+        raise OutputError(line) from exc
+
+
+def disk_error_line(exc: OSError, what: str = "") -> str | None:
+    """``cannot write X: No space left on device`` (``X: Permission denied``) for an ``OSError`` of a full,
+    read-only or forbidden disk; None for any other ``OSError``."""
+    reason = _disk_reason(exc)
+    if reason is None:
+        return None
+    where = exc.filename or what or "the output"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{where}: {reason}"
+    return f"cannot write {where}: {reason}"
+
+
+@contextlib.contextmanager
+def removed_on_failure(
+    *paths: str | os.PathLike,
+    always: bool = False,
+    errors: tuple[type[BaseException], ...] = (BaseException,),
+) -> Iterator[None]:
+    """Inside the block, ``paths`` (files or folders) that did not exist when it began (any of them with
+    ``always``) are deleted if the block raises one of ``errors`` (default any: an error, a full disk,
+    Ctrl-C): nothing half-written is left."""
+    import shutil
+
+    targets = [Path(p) for p in paths if always or not os.path.lexists(p)]
+    try:
+        yield
+    except errors:
+        for target in targets:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    target.unlink()
+        raise
+
+
+#: What libraries that wrap an ``OSError`` without its errno (h5py, zipfile) still say in the text.
+_DISK_TEXTS = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def _disk_reason(exc: OSError) -> str | None:
+    """The reason of a full / read-only / forbidden disk in ``exc``, or None for any other OSError."""
+    if exc.errno in WRITE_ERRNOS:
+        return exc.strerror or os.strerror(exc.errno)
+    text = str(exc)
+    return next((reason for reason in _DISK_TEXTS if reason in text), None)
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:

@@ -62,6 +62,9 @@ class Plugin:
         set these keys and is parsed to the default's type.
     choices : dict
         Optional allowed values per parameter, e.g. ``{"pooling": ("max", "avg")}``.
+    param_help : dict
+        Optional one line per parameter, shown by ``mura-ens plugins --verbose``
+        (a parameter without one shows an empty help).
     default_input_size : int
         Image side used when ``--image-size`` is not given.
     default_weights : str
@@ -77,6 +80,7 @@ class Plugin:
     body_parts: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = {}
     choices: Mapping[str, tuple] = {}
+    param_help: Mapping[str, str] = {}
     default_input_size: int = 256
     default_weights: str = "none"
     feature_layer: str | None = None

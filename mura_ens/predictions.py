@@ -32,6 +32,7 @@ def evaluate_file(
     threshold: float | PartThresholds = 0.5,
     prob_column: str = "prob",
     bootstrap: BootstrapSettings | None = None,
+    companions: bool = True,
 ) -> dict[str, Any]:
     """Metrics (the ``metrics.json`` structure) of a predictions CSV.
 
@@ -46,6 +47,12 @@ def evaluate_file(
     ``bootstrap`` defaults to :data:`mura_ens.metrics.DEFAULT_BOOTSTRAP`;
     ``threshold`` may be a fitted ensemble's per-part thresholds
     (:func:`fitted_thresholds`).
+    For the ensemble column ``prob`` of a scoring run's output, the same sections as
+    ``score``'s ``metrics.json`` (``companions``, default True): the image level from the
+    ``images.csv`` beside a ``studies.csv``, ``models`` from its ``prob__<model>`` columns
+    (each judged on the body parts ``models.json`` beside it says the model serves, else on
+    the parts where its column has values) and, with per-part thresholds (a fitted
+    ensemble), the plain ``body_part`` mean of those columns under ``baselines``.
     See :func:`mura_ens.metrics.evaluate_predictions`.
 
     Raises
@@ -53,29 +60,99 @@ def evaluate_file(
     UsageError
         Missing or unreadable file, missing columns, bad labels or probabilities.
     """
-    import pandas as pd
-
-    from .io import read_csv_text
     from .metrics import DEFAULT_BOOTSTRAP, evaluate_predictions
+    from .metrics import PartThresholds as _PartThresholds
 
     path = Path(path)
     if not path.exists():
         raise UsageError(f"predictions file not found: {path}")
     if not path.is_file():
         raise UsageError(f"predictions path is not a file: {path}")
+    frame = drop_duplicate_rows(_read_predictions(path), path)
+    options: dict[str, Any] = {}
+    if companions and prob_column == "prob":
+        options = _scored_sections(frame, path, per_part=isinstance(threshold, _PartThresholds))
+    try:
+        return evaluate_predictions(
+            frame, threshold=threshold, prob_col=prob_column, bootstrap=bootstrap or DEFAULT_BOOTSTRAP, **options
+        )
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+
+
+def _read_predictions(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    from .io import read_csv_text
+
     try:  # file names that are not UTF-8 keep their bytes (mura_ens.io)
         frame = read_csv_text(path, dtype={c: "string" for c in _TEXT_COLUMNS})
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot read predictions file {path}: {reason}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
-    frame = drop_duplicate_rows(frame, path)
+    return frame
+
+
+#: A scoring run's files read beside a ``studies.csv`` (:func:`evaluate_file`).
+IMAGES_FILE, MODELS_FILE = "images.csv", "models.json"
+#: The column of the plain ``body_part`` mean computed beside a fitted ensemble (never written).
+_PLAIN_MEAN = "baseline__body_part"
+
+
+def _scored_sections(frame: pd.DataFrame, path: Path, *, per_part: bool) -> dict[str, Any]:
+    """``images``, ``models`` and ``baselines`` for :func:`~mura_ens.metrics.evaluate_predictions`: what
+    a scoring run's folder adds to its ``studies.csv`` (or its ``images.csv``), as far as the files tell.
+    ``frame`` gains the baseline column in place."""
+    from .metrics import ModelColumn
+
+    columns = [c for c in frame.columns if str(c).startswith("prob__")]
+    served = _served_parts(path.parent / MODELS_FILE)
+    models = []
+    for column in columns:
+        name = column.removeprefix("prob__")
+        parts = served.get(name)
+        if parts is None:  # no models.json: the parts where the column has values (a specialist's)
+            known = frame.loc[frame[column].notna(), "body_part"].dropna().astype(str)
+            everywhere = set(known) == set(frame["body_part"].dropna().astype(str))
+            parts = () if everywhere else tuple(sorted(set(known)))
+        models.append(ModelColumn(name, column, parts))
+    images = None
+    beside = path.parent / IMAGES_FILE
+    if "path" not in frame.columns and beside.is_file() and beside != path:
+        images = drop_duplicate_rows(_read_predictions(beside), beside)
+        if not {"study", "body_part", "label", "prob", *columns} <= set(images.columns):
+            images = None
+    baselines: tuple = ()
+    if per_part and models:
+        for table in (frame, images):
+            if table is not None:
+                table[_PLAIN_MEAN] = _plain_mean(table, models)
+        baselines = (ModelColumn("body_part", _PLAIN_MEAN),)
+    return {"images": images, "models": models or None, "baselines": baselines}
+
+
+def _served_parts(models_json: Path) -> dict[str, tuple[str, ...]]:
+    """Model name -> the body parts it serves (empty: all), from a scoring run's ``models.json``."""
+    import json
+
     try:
-        return evaluate_predictions(
-            frame, threshold=threshold, prob_col=prob_column, bootstrap=bootstrap or DEFAULT_BOOTSTRAP
-        )
-    except UsageError as exc:
-        raise UsageError(f"{path}: {exc}") from exc
+        entries = json.loads(models_json.read_text(encoding="utf-8")).get("models", [])
+        return {str(m["name"]): tuple(m.get("body_parts") or ()) for m in entries}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+def _plain_mean(table: pd.DataFrame, models: list) -> pd.Series:
+    """Per row, the mean of the columns of the models that serve its body part (the ``body_part`` ensemble)."""
+    import pandas as pd
+
+    values = table[[m.column for m in models]].apply(pd.to_numeric, errors="coerce")
+    parts = table["body_part"].astype("string").fillna("")
+    serves = pd.DataFrame(
+        {m.column: parts.isin(m.body_parts) if m.body_parts else True for m in models}, index=table.index
+    )
+    return values.where(serves.astype(bool)).mean(axis=1, skipna=True)
 
 
 def drop_duplicate_rows(frame: pd.DataFrame, source: str | Path = "<predictions>") -> pd.DataFrame:

@@ -11,10 +11,20 @@ The key comes from ``--pseudonym-key`` or the environment variable
 whole token in a text: not preceded or followed by a letter or digit, so
 ``patient00001`` is replaced in ``valid/XR_WRIST/patient00001/study1`` and in
 the image's path, and ``12345`` in ``/export/12345/IM1`` or ``12345.dcm``,
-but not inside ``A12345``. The identifiers are the patient ids of the input
-and the DICOM Study Instance UIDs standing in study keys
-(:func:`identifiers_of`). Other words of a path (a patient's name used as a
-folder name, say) are not known to be identifying and stay as they are.
+but not inside ``A12345``. The identifiers are the patient ids of the input,
+the DICOM Study Instance UIDs of study keys whatever their shape (``XR_HAND/<uid>``,
+:func:`study_uid_of`), and what the DICOM headers of the input name: Patient ID,
+Patient's Name (and its parts), Accession Number (:func:`identifiers_of`). Other
+words of a path are not known to be identifying and stay as they are.
+
+It also cuts the folders of this machine (:func:`path_roots`: the input folder,
+the models' folder, ...) from the front of every path, so that an output names
+``XR_HAND/anon-.../study1/image1.png``, never ``/home/someone/pacs/...``.
+
+Every output is written already pseudonymized, at the point where its rows, paths
+and file names are made (``score``'s tables and journal, ``heatmaps/`` through
+:attr:`mura_ens.scoring.heatmaps.ExplainJob.hide`, the manifest): nothing raw is
+ever on disk, so a kill at any moment leaves no raw identifier behind.
 """
 
 from __future__ import annotations
@@ -67,9 +77,10 @@ def pseudonym(identifier: str, key: bytes) -> str:
     return PREFIX + digest[:HEX_DIGITS]
 
 
-def identifiers_of(*frames: pd.DataFrame | None) -> set[str]:
-    """The identifiers of manifest-like frames: non-empty ``patient`` values, and UIDs in ``study`` keys."""
-    found: set[str] = set()
+def identifiers_of(*frames: pd.DataFrame | None, extra: Iterable[str] = ()) -> set[str]:
+    """The identifiers of manifest-like frames: non-empty ``patient`` values and the study UIDs of study keys
+    (:func:`study_uid_of`), plus ``extra`` (what DICOM headers named: :attr:`mura_ens.data.layout.ScanResult.identifiers`)."""
+    found: set[str] = {str(i).strip() for i in extra}
     for frame in frames:
         if frame is None or not len(frame):
             continue
@@ -78,8 +89,49 @@ def identifiers_of(*frames: pd.DataFrame | None) -> set[str]:
         if "study" in frame:
             for study in frame["study"].dropna().unique():
                 found.update(piece for piece in str(study).split("/") if _UID.match(piece))
+                uid = study_uid_of(str(study))
+                if uid:
+                    found.add(uid)
     found.discard("")
     return found
+
+
+_HEADER_KEY = re.compile(r"^XR_[A-Za-z0-9_]+/(.+)$")
+_MURA_TAIL = re.compile(r"(^|/)study\d+(_positive|_negative)?$")
+
+
+def study_uid_of(key: str) -> str | None:
+    """The StudyInstanceUID of a study key grouped from DICOM headers, ``XR_<part>/<uid>``, whatever the UID's
+    shape (``1.2.840...``, ``ABC.DEF.SECRET7``, even with ``/`` or ``..``); None for a MURA key
+    (``valid/XR_HAND/patient1/study1``, ``XR_HAND/patient1/study1``) or a folder key."""
+    match = _HEADER_KEY.match(key)
+    if match is None or _MURA_TAIL.search(key):
+        return None
+    return match.group(1)
+
+
+def path_roots(*groups: Iterable[str | os.PathLike[str] | None]) -> list[str]:
+    """The absolute folders that ``--pseudonymize`` cuts from the front of paths, so that no output names a
+    folder of this machine: for each group, the deepest folder holding all of its absolute paths (each
+    path's own folder when they share only ``/``). Give the input folder as a group of its own."""
+    roots: set[str] = set()
+    for group in groups:
+        paths = [os.path.abspath(os.fspath(p)) for p in group if p is not None and os.fspath(p) != ""]
+        if not paths:
+            continue
+        try:
+            common = os.path.commonpath(paths)
+        except ValueError:  # pragma: no cover - paths on different drives (Windows)
+            common = os.sep
+        if len(paths) == 1 and os.path.isfile(paths[0]):  # a file given alone: its folder
+            common = os.path.dirname(paths[0])
+        if common in (os.sep, ""):
+            roots.update(os.path.dirname(p) for p in paths)
+        else:
+            roots.add(common)
+    roots.discard(os.sep)
+    roots.discard("")
+    return sorted(roots, key=len, reverse=True)
 
 
 class Pseudonymizer:
@@ -90,8 +142,13 @@ class Pseudonymizer:
     report) are left alone: their base64 text is not words.
     """
 
-    def __init__(self, key: bytes, identifiers: Iterable[str]):
+    def __init__(self, key: bytes, identifiers: Iterable[str], roots: Iterable[str] = ()):
         ids = {str(i).strip() for i in identifiers} - {""}
+        # absolute folders cut from the front of paths (path_roots): longest first, so the deepest one wins
+        self._roots = [
+            re.compile(r"(?<![\w.~/-])" + re.escape(root.rstrip(os.sep)) + r"(/|(?![\w.~-]))")
+            for root in sorted({str(r) for r in roots if str(r).strip(os.sep)}, key=len, reverse=True)
+        ]
         self._names = {i: pseudonym(i, key) for i in ids}
         # identifiers that start and end with a letter or digit are found at the runs' edges;
         # the few that do not (e.g. "-12-") are replaced wherever they occur
@@ -103,8 +160,9 @@ class Pseudonymizer:
         return len(self._names)
 
     def text(self, text: str) -> str:
-        """``text`` with every identifier that stands as a whole token replaced (module docstring)."""
-        if not self._names or not text or text.startswith("data:"):
+        """``text`` with the ``roots`` cut from its paths (``/data/in/x/y.png`` -> ``x/y.png``; a root alone
+        -> ``.``) and every identifier that stands as a whole token replaced (module docstring)."""
+        if not (self._names or self._roots) or not text or text.startswith("data:"):
             return text
         done = self._memo.get(text)
         if done is None:
@@ -114,6 +172,8 @@ class Pseudonymizer:
         return done
 
     def _replace(self, text: str) -> str:
+        for root in self._roots:
+            text = root.sub(lambda m: "" if m.group(1) else ".", text)
         for odd in self._odd:
             text = text.replace(odd, self._names[odd])
         runs = [m.span() for m in _RUN.finditer(text)]
@@ -172,43 +232,3 @@ class Pseudonymizer:
         if isinstance(obj, PurePath):
             return type(obj)(self.text(str(obj)))
         return obj
-
-
-#: Columns of a CSV that :func:`hide_tree` always rewrites, even when every value looks like a number.
-ID_COLUMNS = ("patient", "study", "path", "image", "png")
-
-
-def hide_tree(folder: str | os.PathLike[str], hide: Pseudonymizer) -> None:
-    """Pseudonymize a folder written by a step that knew nothing of pseudonyms, in place.
-
-    Every file or folder name holding an identifier is renamed (deepest first), and
-    every ``.csv`` file is rewritten with its text columns pseudonymized: the
-    :data:`ID_COLUMNS` and any column with a value that is not a number (numbers,
-    e.g. probabilities, are written back exactly as they were).
-    """
-    from .io import atomic_write_csv
-
-    for dirpath, dirnames, filenames in os.walk(folder, topdown=False):
-        for name in filenames:
-            if name.lower().endswith(".csv"):
-                path = os.path.join(dirpath, name)
-                atomic_write_csv(path, _hidden_csv(path, hide))
-        for name in (*filenames, *dirnames):
-            new = hide.text(name)
-            if new != name:
-                os.replace(os.path.join(dirpath, name), os.path.join(dirpath, new))
-
-
-def _hidden_csv(path: str, hide: Pseudonymizer) -> pd.DataFrame:
-    from .io import read_csv_text
-
-    frame = read_csv_text(path, dtype=str, keep_default_na=False)
-    columns = [c for c in frame.columns if c in ID_COLUMNS or not _numeric(frame[c])]
-    return hide.frame(frame, keep=(), only=columns)
-
-
-def _numeric(values: pd.Series) -> bool:
-    import pandas as pd
-
-    present = values[values != ""]
-    return bool(pd.to_numeric(present, errors="coerce").notna().all())

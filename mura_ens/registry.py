@@ -163,8 +163,10 @@ def plugin_rows() -> list[dict[str, Any]]:
 
     Keys: ``name``, ``kind``, ``body_parts`` (list; empty = all),
     ``input_size``, ``weights``, ``distribution``, ``version``,
-    ``description``, ``status`` (``"ok"`` or ``"broken: <error>"``). A specialist
-    family shows the input size and weights of its default base plugin.
+    ``description``, ``status`` (``"ok"`` or ``"broken: <error>"``), ``parameters``
+    (one dict per hyper-parameter: ``name``, ``default``, ``choices`` (list, empty =
+    any value of the default's type), ``help`` (``""`` when the plugin gives none)).
+    A specialist family shows the input size and weights of its default base plugin.
     """
     rows = []
     for name in sorted(_entries()):
@@ -182,9 +184,28 @@ def plugin_rows() -> list[dict[str, Any]]:
                 "version": entry.version,
                 "description": getattr(plugin, "description", "") if plugin is not None else "",
                 "status": "ok" if entry.ok else f"broken: {entry.error}",
+                "parameters": _parameters(plugin),
             }
         )
     return rows
+
+
+def _parameters(plugin: Any) -> list[dict[str, Any]]:
+    """The plugin's hyper-parameters with their defaults, allowed values and one-line help (may be empty)."""
+    if plugin is None:
+        return []
+    defaults = getattr(plugin, "defaults", {}) or {}
+    choices = getattr(plugin, "choices", {}) or {}
+    helps = getattr(plugin, "param_help", {}) or {}
+    return [
+        {
+            "name": str(key),
+            "default": value,
+            "choices": list(choices.get(key, ()) or ()),
+            "help": " ".join(str(helps.get(key, "") or "").split()),
+        }
+        for key, value in defaults.items()
+    ]
 
 
 def _defaults_from(plugin: Any) -> Any:

@@ -7,9 +7,9 @@ fitted run and every model serving the part), the fitted ensemble's weights,
 calibrators and thresholds (``--ensemble fitted``), study- and image-level
 metrics tables for the ensemble, baselines and every model, ROC curves and
 reliability diagrams per body part, the ensemble's study-level confusion
-matrix, the heatmap gallery (``score --explain K``), failed inputs, and provenance (models with their ONNX metadata and
-card.json, long JSON in collapsed ``<details>`` blocks; library versions,
-command, input).
+matrix, the heatmap gallery (``score --explain K``), failed inputs, and provenance (one compact table of the models:
+name, file relative to its run's parent, plugin, input size, sha256, training-set sha256; never card.json's
+content, which names training images by path, nor any absolute path; library versions, command, input name).
 
 Metric values (tables, forest plots, the AUCs of the ROC legends, the
 confusion counts) are read from the ``metrics.json`` structure given, never
@@ -184,8 +184,9 @@ def render_report(
         ``metrics["models"][name]`` holds each model's ``study``/``image`` levels.
         Every metric shown comes from here (no AUC and no confusion matrix without it).
     models : list of dict
-        One per model: ``name``, ``path``, ``metadata`` (ONNX metadata_props),
-        ``card`` (card.json content or None).
+        One per model: ``name``, ``file`` (relative name), ``plugin``, ``body_parts``, ``input_size``,
+        ``resize_policy``, ``threshold``, ``quantization``, ``sha256``, ``training_set_sha256``
+        (or ``path`` and ``metadata``, ONNX metadata_props, from which they are read); any ``card`` is ignored.
     provenance : dict, optional
         Free-form run facts (``command``, ``input``, ``ensemble``, ``date``,
         ``versions``, ...), shown as given; ``unknown_body_parts`` (``{folder name:
@@ -380,7 +381,9 @@ def _roc_section(labelled: pd.DataFrame, model_names: list[str], metrics: Mappin
         '<h2 id="roc">ROC curves (study level)</h2>'
         f'<figure><img alt="ROC curves per body part" src="data:image/png;base64,{png}">'
         "<figcaption>One panel per body part and overall; one line per model and the ensemble, "
-        "AUC in the legend. Specialists appear in their body part's panel only. "
+        "AUC in the legend (below each panel); with a fitted ensemble, the plain body_part mean dashed grey; the "
+        "circle is the ensemble's operating point (sensitivity, 1 − specificity) at the threshold it predicted "
+        "with. Specialists appear in their body part's panel only. "
         "Panels with a single class have no curve.</figcaption></figure>"
     )
 
@@ -399,6 +402,7 @@ def roc_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[
     models whose ``prob__<name>`` columns get a line; AUCs are read from ``metrics``.
     """
     grid = _Panels.of(labelled, model_names, metrics)
+    baseline = _plain_mean_series(labelled, model_names, metrics)
     for ax, panel in grid.cells:
         _roc_axes(ax, panel)
         drawn = 0
@@ -412,7 +416,8 @@ def roc_figure(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[
             )
             drawn += 1
         if drawn:
-            ax.legend(loc="lower right", fontsize=6, title="AUC", title_fontsize=6, frameon=False)
+            _roc_extras(ax, grid, panel, baseline, metrics)
+            _legend_below(ax, "AUC")
         else:
             n = int(grid.mask(panel).sum())
             ax.text(0.5, 0.5, f"AUC n/a\n(one class, n={n})", ha="center", va="center", fontsize=8, color="0.3")
@@ -441,7 +446,8 @@ class _Panels:
         lines = [(name, col) for name, col in lines if col in labelled.columns]
         ncols = min(4, len(panels))
         nrows = math.ceil(len(panels) / ncols)
-        fig = Figure(figsize=(3.1 * ncols, 3.1 * nrows), dpi=110, layout="constrained")
+        legend = 0.4 + 0.11 * (len(lines) + 2)  # the legend under each panel: a line per curve, + baseline, point
+        fig = Figure(figsize=(3.1 * ncols, (3.1 + legend) * nrows), dpi=110, layout="constrained")
         FigureCanvasAgg(fig)
         axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
         for ax in axes[len(panels) :]:
@@ -470,18 +476,86 @@ class _Panels:
             yield i, name, col, labels[keep], probs[keep]
 
 
+def _legend_below(ax, title: str) -> None:
+    """The panel's legend under its axes, outside the plot area (constrained layout makes room)."""
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        fontsize=6,
+        title=title,
+        title_fontsize=6,
+        frameon=False,
+        borderaxespad=0.0,
+    )
+
+
+def _plain_mean_series(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> np.ndarray | None:
+    """The plain ``body_part`` mean per study when ``metrics`` reports it as a baseline (a fitted ensemble), else
+    None: per row, the mean of the models that scored it (a specialist's column is empty outside its part)."""
+    if "body_part" not in (metrics.get("baselines") or {}):
+        return None
+    columns = [f"prob__{n}" for n in model_names if f"prob__{n}" in labelled.columns]
+    if not columns:
+        return None
+    values = np.column_stack([_numeric(labelled, c) for c in columns])
+    counts = np.isfinite(values).sum(axis=1)
+    total = np.where(np.isfinite(values), values, 0.0).sum(axis=1)
+    return np.divide(total, counts, out=np.full(len(labelled), np.nan), where=counts > 0)
+
+
+def _roc_extras(ax, grid: _Panels, panel: str, baseline: np.ndarray | None, metrics: Mapping[str, Any]) -> None:
+    """The plain-mean baseline's curve (grey, dashed) and the ensemble's operating point at its threshold."""
+    labels = _numeric(grid.labelled, "label")
+    if baseline is not None:
+        keep = grid.mask(panel) & np.isfinite(baseline) & np.isfinite(labels)
+        y = labels[keep].astype(int)
+        if y.size and y.min() != y.max():
+            group = _group(((metrics.get("baselines") or {}).get("body_part") or {}).get("study"), panel)
+            auc = format_metric((group or {}).get("auc"))
+            _roc_line(ax, y, baseline[keep], label=f"{_baseline_label('body_part')} ({auc})", colour="0.55", ls="--")
+    group = _group(metrics.get("study"), panel) or {}
+    sens, spec = group.get("sensitivity"), group.get("specificity")
+    if sens is None or spec is None:
+        return
+    ax.plot(
+        [1.0 - float(spec)],
+        [float(sens)],
+        marker="o",
+        ms=5,
+        mfc="white",
+        mec="black",
+        mew=1.2,
+        ls="none",
+        zorder=4,
+        clip_on=False,
+        label=f"operating point ({_threshold_text(metrics, panel)})",
+    )
+
+
+def _threshold_text(metrics: Mapping[str, Any], panel: str) -> str:
+    """``threshold 0.5``, or the fitted ensemble's threshold of ``panel`` (``per-part thresholds`` overall)."""
+    fitted = metrics.get("ensemble_thresholds")
+    if not fitted:
+        return f"threshold {float(metrics.get('threshold', 0.5)):g}"
+    if panel == "overall":
+        return "per-part thresholds"
+    value = (fitted.get("by_body_part") or {}).get(panel, fitted.get("default"))
+    return f"threshold {float(value):.3g}" if value is not None else "per-part thresholds"
+
+
 def _roc_axes(ax, panel: str) -> None:
     ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls="--")
     ax.set_title(panel, fontsize=10)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
+    # A margin around [0, 1]: a perfect curve (up the left edge, along the top) stays visible, not under the frame.
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_aspect("equal")
     ax.tick_params(labelsize=7)
     ax.set_xlabel("1 − specificity", fontsize=8)
     ax.set_ylabel("sensitivity", fontsize=8)
 
 
-def _roc_line(ax, y: np.ndarray, p: np.ndarray, *, label: str, colour: str | None) -> None:
+def _roc_line(ax, y: np.ndarray, p: np.ndarray, *, label: str, colour: str | None, ls: str = "-") -> None:
     """One ROC curve: a model's in ``colour``, the ensemble's (``colour`` None) black and thicker."""
     from sklearn.metrics import roc_curve
 
@@ -492,8 +566,9 @@ def _roc_line(ax, y: np.ndarray, p: np.ndarray, *, label: str, colour: str | Non
         tpr,
         color="black" if is_ensemble else colour,
         lw=1.8 if is_ensemble else 1.0,
+        ls=ls,
         label=label,
-        zorder=3 if is_ensemble else 2,
+        zorder=3 if is_ensemble else 2.6,  # above the frame (2.5)
     )
 
 
@@ -677,21 +752,26 @@ def _fitted_section(fitted: Mapping[str, Any], metrics: Mapping[str, Any]) -> st
     members = [str(m.get("name")) for m in fitted.get("members") or []]
     # One weights cell per part (not a column per member): specialists' long names serve one part each,
     # and a column per member made the table several screens wide.
-    head = ["body part", "status", "studies (abn.)", "member weights"]
-    head += ["calibration", "threshold", "CV kappa plain → fitted", "CV AUC plain → fitted"]
+    head = ["body part", "status", "studies (abn.)", "weights used"]
+    head += ["calibration", "threshold used", "CV kappa plain → used", "CV log loss plain → used"]
     rows, notes = [], []
     for part, model in sorted((fitted.get("parts") or {}).items()):
         weights = model.get("weights") or {}
         quality = model.get("quality") or {}
+        weighted = model.get("status") in ("fitted", "weights_only")
         rows.append(
             [
                 part,
                 str(model.get("status", "")).replace("_", " "),
                 f"{model.get('n_studies', 0):,} ({model.get('n_positive', 0):,})",
             ]
-            + ["; ".join(f"{m} {format_metric(weights[m])}" for m in members if m in weights)]
+            + [
+                "; ".join(f"{m} {format_metric(weights[m])}" for m in members if m in weights)
+                if weighted
+                else f"plain mean (1/{len(weights)} each)"
+            ]
             + [_calibrator_text(model.get("calibrator")), format_metric(model.get("threshold"))]
-            + [_cv_change(quality, key) for key in ("kappa", "auc")]
+            + [_cv_change(quality, key) for key in ("kappa", "log_loss")]
         )
         notes += [f"{part}: {note}" for note in model.get("notes") or []]
     glob = fitted.get("global") or {}
@@ -704,16 +784,19 @@ def _fitted_section(fitted: Mapping[str, Any], metrics: Mapping[str, Any]) -> st
     settings = fitted.get("settings") or {}
     facts = (
         f"Fitted on {int(fitting.get('n_studies') or 0):,} labelled studies (sha256 {str(fitting.get('sha256', ''))[:12]}), "
-        f"calibration {settings.get('calibrate', 'none')}, threshold rule {settings.get('threshold_rule', '')}. "
-        "A study's probability is the weighted mean of its part's models, then the part's calibrator; "
-        "it is predicted abnormal above the part's threshold. CV: patient-grouped cross-validation inside the fitting set."
+        f"calibration {settings.get('calibrate', 'none')}, threshold rule {settings.get('threshold_rule', '')}, "
+        f"scored with precision {fitted.get('precision') or 'unknown'} and TTA {fitted.get('tta') or 'unknown'}. "
+        "A study's probability is the weighted mean of its part's models (weights pooled across parts), then the "
+        "part's calibrator; it is predicted abnormal above the part's threshold. The table shows what each part "
+        "uses; CV: patient-grouped cross-validation inside the fitting set (plain mean at the models' threshold)."
     )
-    overlap = (metrics.get("ensemble_file") or {}).get("overlapping_studies")
+    ensemble_file = metrics.get("ensemble_file") or {}
+    overlap = ensemble_file.get("overlapping_studies")
     if overlap:
         facts += f" Warning: {overlap:,} scored studies were in the fitting set; their metrics are optimistic."
-    caption = (
-        "Per body part: studies it was fitted on, the weight of each model serving the part, calibration, threshold"
-    )
+    for warning in fitted.get("applied_warnings") or ensemble_file.get("warnings") or []:
+        facts += f" Warning: {warning}."
+    caption = "Per body part: studies it was fitted on, the weights, calibration and threshold it uses"
     table = _table(head, rows, caption=caption, numeric_from=2, overall_last=True, css_class="fitted")
     return (
         f'<h2 id="fitted">Fitted ensemble</h2><p class="note">{_e(facts)}</p>{table}'
@@ -733,7 +816,7 @@ def _calibrator_text(calibrator: Mapping[str, Any] | None) -> str:
 
 
 def _cv_change(quality: Mapping[str, Any], key: str) -> str:
-    plain, fitted = (quality.get("plain") or {}).get(key), (quality.get("fitted_cv") or {}).get(key)
+    plain, fitted = (quality.get("plain") or {}).get(key), (quality.get("used_cv") or {}).get(key)
     if plain is None and fitted is None:
         return ""
     return f"{format_metric(plain)} → {format_metric(fitted)}"
@@ -756,7 +839,8 @@ def _calibration_section(labelled: pd.DataFrame, model_names: list[str], metrics
         '<h2 id="calibration">Calibration (study level)</h2>'
         f'<figure><img alt="reliability diagrams per body part" src="data:image/png;base64,{png}">'
         "<figcaption>Reliability diagrams: studies binned by probability (5 bins of width 0.2); each point is a "
-        "bin's mean probability against the fraction of its studies labelled abnormal; on the diagonal a "
+        "bin's mean probability against the fraction of its studies labelled abnormal (the small numbers: the "
+        "ensemble's studies per bin); on the diagonal a "
         "probability means what it says. Brier score (mean squared difference between probability and label, "
         "lower is better) in the legend, computed here from the study rows. Specialists appear in their "
         "body part's panel only.</figcaption></figure>"
@@ -774,6 +858,9 @@ def _calibration_figure(labelled: pd.DataFrame, model_names: list[str], metrics:
                 continue
             xs, ys, brier = reliability_points(labels, probs)
             strong = col == "prob"
+            if strong:  # the ensemble's bin counts beside its points
+                for x, y, n in zip(xs, ys, reliability_counts(probs)):
+                    ax.annotate(str(n), (x, y), xytext=(3, -8), textcoords="offset points", fontsize=6.5, color="0.2")
             ax.plot(
                 xs,
                 ys,
@@ -785,7 +872,7 @@ def _calibration_figure(labelled: pd.DataFrame, model_names: list[str], metrics:
                 zorder=3 if strong else 2,
             )
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize=6, title="Brier", title_fontsize=6, framealpha=0.85, edgecolor="0.85")
+            _legend_below(ax, "Brier")
     buffer = io.BytesIO()
     grid.figure.savefig(buffer, format="png")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -804,6 +891,12 @@ def reliability_points(y: np.ndarray, p: np.ndarray, bins: int = 5) -> tuple[lis
     xs = [float(p[which == b].mean()) for b in used]
     ys = [float(y[which == b].mean()) for b in used]
     return xs, ys, float(np.mean((p - y) ** 2))
+
+
+def reliability_counts(p: np.ndarray, bins: int = 5) -> list[int]:
+    """The number of probabilities in each non-empty bin of :func:`reliability_points`, in the same order."""
+    which = np.clip((np.asarray(p, dtype=np.float64) * bins).astype(int), 0, bins - 1)
+    return [int(np.sum(which == b)) for b in range(bins) if np.any(which == b)]
 
 
 def _reliability_axes(ax, panel: str) -> None:
@@ -832,11 +925,14 @@ def _heatmap_section(gallery: Mapping[str, Any] | None) -> str:
     out.append(
         '<p class="note">'
         + _e(gallery.get("note", ""))
-        + " Each overlay is the weighted mean of the normalised heatmaps of the models the ensemble combined for "
-        'the study, coloured <span class="jet"></span> from low to high where the model\'s abnormal score rose; '
-        "where the heat is zero the radiograph shows unchanged. A thumbnail links to its full-size PNG; "
-        "heatmaps/index.csv lists them all.</p>"
+        + " Each overlay is the weighted mean of the raw heatmaps of the models the ensemble combined for "
+        "the study, scaled to its own maximum (so a faint map of a study called normal still shows where it "
+        'looked), coloured <span class="jet"></span> from low to high where the model\'s abnormal score rose; '
+        "where the heat is zero the radiograph shows unchanged. Under each: the image's probability and a note "
+        '("weak evidence": probability below 0.5; "no positive evidence": the map is zero everywhere). A '
+        "thumbnail links to its full-size PNG; heatmaps/index.csv lists them all with the raw maps (.npy).</p>"
     )
+    out.append(_localisation_table(gallery.get("evaluation")))
     for entry in studies:
         reasons = ", ".join(str(r).replace("_", " ") for r in entry.get("reasons") or [])
         label = entry.get("label")
@@ -856,14 +952,45 @@ def _heatmap_section(gallery: Mapping[str, Any] | None) -> str:
         for image in entry.get("images") or []:
             name = _e(Path(str(image.get("image", ""))).name)
             if image.get("thumbnail"):
+                caption = name + _e(_image_caption(image))
                 out.append(
                     f'<figure><a href="{_e(image["href"])}"><img alt="heatmap of {name}" '
-                    f'src="{_e(image["thumbnail"])}"></a><figcaption>{name}</figcaption></figure>'
+                    f'src="{_e(image["thumbnail"])}"></a><figcaption>{caption}</figcaption></figure>'
                 )
             else:
                 why = _e(image.get("error", ""))
                 out.append(f"<figure><figcaption>{name}: no heatmap ({why})</figcaption></figure>")
         out.append("</div></div>")
+    return "".join(out)
+
+
+def _image_caption(image: Mapping[str, Any]) -> str:
+    """`` · p 0.123 · weak evidence`` under a gallery thumbnail (empty parts left out)."""
+    text = ""
+    if image.get("prob") is not None:
+        text += f" · p {format_metric(image.get('prob'))}"
+    if image.get("note"):
+        text += f" · {image['note']}"
+    return text
+
+
+def _localisation_table(evaluation: Mapping[str, Any] | None) -> str:
+    """``score --findings``: the pointing game and energy share per model and for the ensemble, with baselines."""
+    if not evaluation:
+        return ""
+    head = ("maps", "images", "patients", "pointing game", "random", "energy share", "random (box area)")
+    keys = ("maps", "images", "patients", "pointing_game", "pointing_baseline", "energy_share", "energy_baseline")
+    out = [
+        "<h3>Localisation against ground-truth findings</h3>",
+        f'<p class="note">On images with a visible finding: pointing game = share of maps whose maximum lies in a '
+        f"finding's box grown by {int(evaluation.get('grow_px', 15))} px; energy share = share of the map's positive "
+        "mass inside the boxes; random = the same for a random point / a uniform map (the boxes' share of the "
+        f"image). 95% intervals resample patients. Details: heatmaps/{_e(evaluation.get('file', ''))}.</p>",
+        "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>",
+    ]
+    for row in evaluation.get("rows") or []:
+        out.append("<tr>" + "".join(f"<td>{_e(str(row.get(k, '')))}</td>" for k in keys) + "</tr>")
+    out.append("</table>")
     return "".join(out)
 
 
@@ -906,69 +1033,47 @@ def _failed_section(failed: pd.DataFrame) -> str:
 
 
 def _provenance_section(models: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -> str:
+    """One compact table of the models (name, file relative to its run's parent, plugin, body parts, input size,
+    resize, threshold, precision, sha256, training-set sha256), the run's facts and the library versions.
+
+    No card.json content and no absolute path: a report may leave the hospital (``--pseudonymize``), and a
+    model card names its training images by path. The cards stay in the run folders."""
     out = ['<h2 id="provenance">Provenance</h2>']
     if models:
         out.append("<h3>Models</h3>")
-        overview = []
-        for m in models:
-            meta = dict(m.get("metadata") or {})
-
-            def field(key: str, m=m, meta=meta) -> Any:
-                value = m.get(key, meta.get(key, ""))
-                return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-
-            overview.append(
-                [
-                    str(m.get("name", "")),
-                    str(field("plugin")),
-                    str(field("body_parts") or "all (generalist)"),
-                    str(field("input_size")),
-                    str(field("resize_policy")),
-                    str(field("threshold")),
-                    str(field("quantization") or "fp32"),
-                    str(field("sha256"))[:12],
-                ]
-            )
+        head = ["model", "file", "plugin", "body parts", "input size", "resize", "threshold", "precision"]
+        out.append(_table([*head, "sha256", "training set sha256"], [_model_row(m) for m in models]))
         out.append(
-            _table(
-                ["model", "plugin", "body parts", "input size", "resize", "threshold", "precision", "sha256"], overview
-            )
+            '<p class="note">sha256 of the ONNX file and of the training manifest (card.json '
+            "<code>data.manifest_sha256</code>), first 12 hex digits; each run folder's card.json holds the rest.</p>"
         )
-        for m in models:
-            out.append(_model_details(m))
     if provenance:
         out.append("<h3>Run</h3>" + _kv_table(provenance))
     out.append("<h3>Report built with</h3>" + _kv_table(_library_versions()))
     return "\n".join(out)
 
 
-def _model_details(model: Mapping[str, Any]) -> str:
-    name = str(model.get("name", ""))
-    parts = [f'<div class="model"><h3>{_e(name)}</h3>']
-    if model.get("path"):
-        parts.append(f'<p class="muted"><code>{_e(model["path"])}</code></p>')
-    if model.get("sha256"):
-        parts.append(f'<p class="muted">sha256 <code>{_e(model["sha256"])}</code></p>')
-    meta = model.get("metadata") or {}
-    if meta:
-        parts.append(_kv_table(meta, caption="ONNX metadata"))
-    card = model.get("card")
-    if card:
-        scalars = {k: v for k, v in card.items() if not isinstance(v, (dict, list, tuple))}
-        nested = {k: v for k, v in card.items() if isinstance(v, (dict, list, tuple))}
-        if scalars:
-            parts.append(_kv_table(scalars, caption="card.json"))
-        for key, value in nested.items():
-            text = json.dumps(value, indent=1, sort_keys=False, default=str)
-            if len(text) > MAX_CARD_JSON_CHARS:
-                text = text[:MAX_CARD_JSON_CHARS] + "\n… (cut; see card.json)"
-            parts.append(_details(f"card.json: <code>{_e(key)}</code> ({text.count(chr(10)) + 1:,} lines)", text))
-    elif model.get("card_error"):
-        parts.append(f'<p class="note">card.json unreadable: {_e(model["card_error"])}</p>')
-    else:
-        parts.append('<p class="note">No card.json beside this model.</p>')
-    parts.append("</div>")
-    return "".join(parts)
+def _model_row(model: Mapping[str, Any]) -> list[str]:
+    """A model's provenance row: its fields, or its ONNX metadata's (callers giving ``metadata`` only)."""
+    meta = dict(model.get("metadata") or {})
+
+    def field(key: str) -> Any:
+        value = model.get(key, meta.get(key, ""))
+        return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+    file = model.get("file") or (Path(str(model["path"])).name if model.get("path") else "")
+    return [
+        str(model.get("name", "")),
+        str(file),
+        str(field("plugin")),
+        str(field("body_parts") or "all (generalist)"),
+        str(field("input_size")),
+        str(field("resize_policy")),
+        str(field("threshold")),
+        str(field("quantization") or "fp32"),
+        str(field("sha256"))[:12],
+        str(model.get("training_set_sha256") or "")[:12] or "unknown",
+    ]
 
 
 # --------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ``mura-ens train`` writes one folder per model::
 
     <out>/<run-name>/{model.onnx, card.json, history.tsv, evaluation.json, curves.png,
-                      best.keras, parity_batch.npz, tensorboard/, model.txt,
+                      best.keras, parity_batch.npz, tensorboard/, model.txt, heldout.csv,
                       explain.json, explain.npz}  (+ model.int8.onnx, model.png, explain.onnx.bin)
 
 Every exported ONNX model carries :class:`ModelMetadata` in its ``metadata_props``
@@ -58,6 +58,9 @@ TENSORBOARD_DIR = "tensorboard"
 EXPLAIN_FILE = "explain.json"
 EXPLAIN_WEIGHTS_FILE = "explain.npz"
 EXPLAIN_GRAPH_FILE = "explain.onnx.bin"
+#: The run's validation fold (the images that chose its best epoch, never trained on) as a manifest CSV with
+#: absolute paths: a labelled tuning set for ``score`` then ``fit-ensemble``. Not a marker of a run folder.
+HELDOUT_FILE = "heldout.csv"
 #: The model schematic (``mura_ens.training.schematic``): the layer summary, always; the drawing when Graphviz
 #: is there. Common names a user's own model folder may hold too, so neither marks a folder as a run folder.
 MODEL_TXT_FILE = "model.txt"
@@ -229,6 +232,93 @@ def parse_partial_name(name: str) -> tuple[str, int] | None:
         return None
     final, _, pid = name[1:].rpartition(PARTIAL_INFIX)
     return (final, int(pid)) if final and pid.isdigit() else None
+
+
+#: Suffix of the final name under which ``train --overwrite`` moves the old run aside
+#: (``.<name>.replaced.partial-<pid>``) when the file system cannot swap two folders in one step.
+REPLACED_SUFFIX = ".replaced"
+#: The marker inside a partial folder (``mura_ens.training.atomic_run``): who builds it, for which name.
+PARTIAL_MARKER = ".mura-ens-partial.json"
+
+
+def recover_replaced_runs(folder: str | os.PathLike) -> list[str]:
+    """Finish or undo, in ``folder``, what an ``--overwrite`` killed mid-commit left; return one line per repair.
+
+    ``train --overwrite`` swaps the new run into place in one step where the file system can
+    (``renameat2(RENAME_EXCHANGE)``), else in two renames: the old run ``NAME`` to
+    ``.NAME.replaced.partial-PID``, then the new one ``.NAME.partial-PID`` to ``NAME``. Killed between them,
+    neither is visible. For each such aside folder whose process is gone (on this host):
+
+    - ``NAME`` exists: the commit went through; the aside folder (the old run) is deleted;
+    - else the new run's folder holds its ``card.json`` (it was finished): it is renamed to ``NAME``, the old
+      one deleted (the commit is finished);
+    - else the old run is renamed back to ``NAME``.
+
+    A partial folder of a dead process with no marker (an old run swapped out, killed before its deletion) is
+    deleted too when ``NAME`` is a finished run. Called by ``train`` (before building) and by ``score`` on
+    ``--models`` before it looks for models, so the run is back before anyone misses it.
+    """
+    import shutil
+
+    folder = Path(folder)
+    done: list[str] = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return done
+    for entry in entries:
+        parsed = parse_partial_name(entry.name)
+        if parsed is None or not entry.is_dir() or entry.is_symlink() or _alive_here(entry, parsed[1]):
+            continue
+        name, pid = parsed
+        if not name.endswith(REPLACED_SUFFIX):
+            swapped_out = not (entry / PARTIAL_MARKER).exists() and (entry / CARD_FILE).is_file()
+            if swapped_out and is_finished_run(folder / name):
+                shutil.rmtree(entry, ignore_errors=True)
+                done.append(f"removed {entry.name}: the run {name} it held was replaced by --overwrite")
+            continue
+        name = name[: -len(REPLACED_SUFFIX)]
+        target, new = folder / name, folder / f".{name}{PARTIAL_INFIX}{pid}"
+        try:
+            if os.path.lexists(target):
+                shutil.rmtree(entry, ignore_errors=True)
+                done.append(f"removed {entry.name}: the run {name} it held was replaced by --overwrite")
+            elif (new / CARD_FILE).is_file() and not new.is_symlink():
+                os.rename(new, target)
+                (target / PARTIAL_MARKER).unlink(missing_ok=True)
+                shutil.rmtree(entry, ignore_errors=True)
+                done.append(f"finished the --overwrite of {name} that was stopped between its two renames")
+            else:
+                os.rename(entry, target)
+                done.append(f"put back {name}: its --overwrite was stopped before the new run was in place")
+        except OSError:  # a read-only folder or a race with another process: left as it is
+            continue
+    return done
+
+
+def _alive_here(entry: Path, pid: int) -> bool:
+    """Whether the process ``pid`` that named ``entry`` may still run: alive on this host, or of another host
+    (its marker, or the marker of the new run it was replaced by, names another host: it cannot be checked)."""
+    import socket
+
+    name = entry.name.rpartition(PARTIAL_INFIX)[0]
+    sibling = entry.parent / f"{name.removesuffix(REPLACED_SUFFIX)}{PARTIAL_INFIX}{pid}"
+    for marker in (entry / PARTIAL_MARKER, sibling / PARTIAL_MARKER):
+        try:
+            host = json.loads(marker.read_text(encoding="utf-8")).get("host")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if host and host != socket.gethostname():
+            return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # the pid exists (another user's process)
+        return True
+    return True
 
 
 def is_partial_run_dir(path: str | os.PathLike) -> bool:

@@ -274,7 +274,15 @@ def read_history_frame(path: str | os.PathLike) -> pd.DataFrame:
         frame = pd.read_csv(path, sep="\t")
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
-    return frame.astype({c: "int64" if c == "epoch" else "float64" for c in frame.columns})
+    try:
+        if "epoch" not in frame.columns:
+            raise ValueError(f"no epoch column (columns: {', '.join(map(str, frame.columns[:5])) or 'none'})")
+        return frame.astype({c: "int64" if c == "epoch" else "float64" for c in frame.columns})
+    except (ValueError, TypeError) as exc:  # garbage: said, never silently 0 epochs
+        raise UsageError(
+            f"{path} is not a training history ({' '.join(str(exc).split())[:200]}): the file is damaged; "
+            "the run's card.json and model are unaffected"
+        ) from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

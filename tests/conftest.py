@@ -3,7 +3,7 @@
 ``synth_small`` (session scope) is a small synthetic MURA tree, made once per
 test session in a temporary folder with::
 
-    make_synthetic_mura(tmp, studies_per_part=6, size=64, seed=3)
+    make_synthetic_mura(tmp, studies_per_part=6, size=64, seed=3, difficulty="easy")
 
 i.e. 7 body parts x 6 studies (5 train + 1 valid per part), 1-4 PNGs per
 study at 64 px, with the quirks on: one ``._image1.png`` AppleDouble file,
@@ -49,7 +49,7 @@ def synth_small(tmp_path_factory) -> dict:
     from mura_ens.data.synth import make_synthetic_mura
 
     out = tmp_path_factory.mktemp("synth_small")
-    return make_synthetic_mura(out, studies_per_part=6, size=64, seed=3)
+    return make_synthetic_mura(out, studies_per_part=6, size=64, seed=3, difficulty="easy")
 
 
 @pytest.fixture(scope="session")

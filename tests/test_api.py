@@ -445,15 +445,21 @@ def test_version_says_when_tensorflow_is_not_installed(monkeypatch, capsys):
     assert f"onnxruntime {real('onnxruntime')}" in out
 
 
-def test_shell_completion_is_available(capsys):
-    env = {**os.environ, "_MURA_ENS_COMPLETE": "complete_bash", "COMP_WORDS": "mura-ens exp", "COMP_CWORD": "1"}
-    proc = subprocess.run(
+def _complete(words: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "_MURA_ENS_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "1"}
+    return subprocess.run(
         [sys.executable, "-c", "import sys; from mura_ens.cli.main import main; sys.exit(main())"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_shell_completion_is_available(capsys):
+    proc = _complete("mura-ens exp")
+    assert proc.returncode == 0 and proc.stdout.split() == ["explain-eval", "export"], proc.stdout + proc.stderr
+    proc = _complete("mura-ens expo")
     assert proc.returncode == 0 and proc.stdout.split() == ["export"], proc.stdout + proc.stderr
     assert main(["--help"]) == 0
     shown = capsys.readouterr().out

@@ -44,17 +44,31 @@ def load(name: str):
 
 
 def test_startup_quick(tmp_path):
-    figures = run_script("startup.py", "--quick", "--repeats", "1", "--work", str(tmp_path))
+    figures = run_script("startup.py", "--quick", "--repeats", "1", "--work", str(tmp_path), timeout=300)
     assert 0 < figures["RESULT help_seconds"] < 5
     assert figures["RESULT score_one_image_seconds"] > figures["RESULT help_seconds"]
     assert figures["RESULT score_imports_tensorflow"] == 0  # DESIGN.md: scoring never imports TensorFlow
     assert figures["RESULT help_imports_numpy"] == 0
     assert figures["RATIO help_seconds_vs_goal"] == pytest.approx(figures["RESULT help_seconds"] / 0.5, rel=1e-3)
+    # issue 25: one study with 1 and 8 models, and the errors that need no model
+    assert figures["RESULT score_one_study_s"] > figures["RESULT error_bad_path_s"] > 0
+    assert figures["RESULT score_one_study_8models_s"] > 0 and figures["RESULT score_one_study_cpu_s"] > 0
+    assert figures["RESULT error_no_images_s"] > 0
 
 
 def test_memory_quick(tmp_path):
     figures = run_script(
-        "memory.py", "--quick", "--small", "12", "--large", "60", "--distinct", "12", "--work", str(tmp_path)
+        "memory.py",
+        "--quick",
+        "--small",
+        "12",
+        "--large",
+        "60",
+        "--distinct",
+        "12",
+        "--work",
+        str(tmp_path),
+        timeout=300,
     )
     small, large = figures["RESULT peak_rss_mb_12"], figures["RESULT peak_rss_mb_60"]
     assert 50 < small < 4000 and 50 < large < 4000
@@ -65,6 +79,10 @@ def test_memory_quick(tmp_path):
     pngs = list(tree.rglob("*.png"))
     assert len(pngs) == 60
     assert {len(list(p.glob("*.png"))) for p in {q.parent for q in pngs}} <= {1, 2, 3, 4}
+    # issue 25: a generalist + 7 specialists against the generalist alone (tiny CNN under --quick)
+    one, eight = figures["RESULT peak_rss_mb_1model[tiny]"], figures["RESULT peak_rss_mb_8models[tiny]"]
+    assert figures["RATIO rss_8models_vs_1model[tiny]"] == pytest.approx(eight / one, rel=1e-3)
+    assert len(list((tmp_path / "models8" / "tiny-256").glob("*.onnx"))) == 8
 
 
 @pytest.mark.parametrize("name", ["scoring", "input_pipeline", "gpu"])

@@ -146,3 +146,28 @@ def test_verdict_is_the_issues_done_when(fitted, plain, generalist, holds):
     verdict = _comparison(fitted, plain, generalist).verdict()
     assert verdict["holds"] is holds
     assert (verdict["best_single"], verdict["best_single_kappa"]) == ("custom_cnn", generalist)
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_demo_explains_every_labelled_abnormal_study_and_scores_localisation(demo):
+    """`--explain all --findings`: a raw map for every scored image of every labelled abnormal valid study, and
+    the pointing game (ensemble and per model, with its random baseline) printed and in the report."""
+    import numpy as np
+
+    out, proc = demo
+    results = out / "results"
+    images = pd.read_csv(results / "images.csv")
+    studies = pd.read_csv(results / "studies.csv")
+    abnormal = set(studies.loc[(studies["label"] == 1) & (studies["status"] == "ok"), "study"])
+    wanted = images.loc[images["study"].isin(abnormal) & (images["status"] == "ok"), "path"]
+    index = pd.read_csv(results / "heatmaps" / "index.csv", keep_default_na=False).set_index("image")
+    for path in wanted:
+        raw = np.load(results / index.at[path, "npy"])
+        assert raw.dtype == np.float32 and raw.ndim == 2, path
+    evaluation = json.loads((results / "heatmaps" / "explain_eval.json").read_text())
+    ensemble = evaluation["sources"]["ensemble"]
+    assert ensemble["images"] > 0 and 0 < ensemble["pointing_baseline"]["mean"] < 1
+    assert f"heatmaps ensemble: pointing game {ensemble['pointing_game']['mean']:.3f}" in proc.stdout
+    assert "heatmaps custom_cnn: pointing game" in proc.stdout
+    assert "Localisation against ground-truth findings" in (results / "report.html").read_text(encoding="utf-8")

@@ -41,7 +41,7 @@ def test_run_folder_has_no_graph_copy_and_the_rebuilt_graph_gives_the_same_maps(
     folder = explain_run.parent
     assert sorted(p.name for p in folder.iterdir()) == ["card.json", "explain.json", "explain.npz", "model.onnx"]
     described = json.loads((folder / "explain.json").read_text())
-    assert described["version"] == 2 and described["graph_file"] is None
+    assert described["version"] == 3 and described["graph_file"] is None
     assert (described["feature_tensor"], described["feature_layout"], described["feature_shape"]) == (
         "r2",
         "nchw",
@@ -159,6 +159,74 @@ def test_numpy_backward_pass_matches_finite_differences(pooling):
     np.testing.assert_allclose(logits, head.logits(features), rtol=1e-12)
     if pooling == "global_max_pooling":
         assert np.count_nonzero(grads[0, :, :, 0]) == 1  # only the maximum gets the gradient
+
+
+def _spatial_head(rng, padding: str, pooling: str) -> Head:
+    """feature (N, 7, 6, 3) -> conv 3x3 stride 2 (relu) -> pooling 2x2 -> zero padding -> concat with a side
+    input and with a 1x1 conv of itself -> add -> GAP -> dense: every spatial kind, as a graph."""
+    layers = [
+        {"kind": "conv2d", "name": "c1", "strides": [2, 2], "padding": padding, "activation": "relu", "filters": 4},
+        {"kind": pooling, "name": "p1", "pool_size": [2, 2], "strides": [1, 1], "padding": padding},
+        {"kind": "zero_padding", "name": "zp", "padding": [[1, 0], [0, 1]]},
+        {
+            "kind": "conv2d",
+            "name": "c2",
+            "strides": [1, 1],
+            "padding": "same",
+            "activation": "linear",
+            "filters": 2,
+            "inputs": [2],
+        },
+        {"kind": "concatenate", "name": "cat", "inputs": [2, "side:0"]},
+        {"kind": "concatenate", "name": "cat2", "inputs": [3, 3, 3]},
+        {"kind": "add", "name": "sum", "inputs": [4, 5]},
+        {"kind": "global_average_pooling", "name": "gap"},
+        {"kind": "dense", "name": "abnormal", "activation": "linear", "units": 1},
+    ]
+    weights = {
+        "0.kernel": rng.normal(0, 0.5, (3, 3, 3, 4)),
+        "0.bias": rng.normal(0.1, 0.2, 4),
+        "3.kernel": rng.normal(0, 0.5, (1, 1, 4, 2)),
+        "3.bias": rng.normal(0, 0.2, 2),
+        "8.kernel": rng.normal(0, 1, (6, 1)),
+        "8.bias": rng.normal(0, 0.3, 1),
+    }
+    return Head(layers=tuple(layers), weights=weights)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("pooling", ["max_pooling", "average_pooling"])
+def test_spatial_backward_pass_matches_finite_differences(padding, pooling):
+    """Grad-CAM from an inner map: conv, pooling, padding, concatenation (with a side input) and addition."""
+    rng = np.random.default_rng(5)
+    head = _spatial_head(rng, padding, pooling)
+    features = rng.normal(0, 1, (2, 7, 6, 3))
+    shape = Head(layers=head.layers[:3], weights=head.weights)._run(features, [])[0][2].shape
+    side = rng.normal(0, 1, (*shape[:3], 2))  # shaped like the padded map, 2 channels
+    logits, grads = head.gradients(features, [side])
+    assert grads.shape == features.shape and np.count_nonzero(grads) > 0
+    step = 1e-6
+    numeric = np.zeros_like(features)
+    for index in np.ndindex(features.shape):
+        up, down = features.copy(), features.copy()
+        up[index] += step
+        down[index] -= step
+        numeric[index] = (head.logits(up, [side])[index[0]] - head.logits(down, [side])[index[0]]) / (2 * step)
+    np.testing.assert_allclose(grads, numeric, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(logits, head.logits(features, [side]), rtol=1e-12)
+
+
+def test_spatial_layers_follow_tensorflow_padding_and_ties():
+    from mura_ens.explain import spatial
+
+    assert spatial.same_padding(7, 3, 2) == (4, 1, 1) and spatial.same_padding(6, 2, 2) == (3, 0, 0)
+    assert spatial.same_padding(5, 2, 2) == (3, 0, 1)  # the smaller half first
+    x = np.zeros((1, 2, 2, 1))
+    value, back = spatial.pooling(x, kind="max", pool_size=[2, 2], strides=[2, 2], padding="valid")
+    assert value.shape == (1, 1, 1, 1) and back(np.ones((1, 1, 1, 1)))[0, :, :, 0].tolist() == [[1, 0], [0, 0]]
+    x = np.arange(9.0).reshape(1, 3, 3, 1)  # "same" average pooling counts only the cells inside the image
+    value, _ = spatial.pooling(x, kind="average", pool_size=[2, 2], strides=[2, 2], padding="same")
+    assert value[0, :, :, 0].tolist() == [[2.0, 3.5], [6.5, 8.0]]
 
 
 def test_normalise_for_display():

@@ -82,8 +82,10 @@ def check_grad_cam_parity(
     """
     explainer = load_explainer(model_path)
     result = explainer.heatmaps(images)
-    features, _ = explainer.features(images)
-    ours = np.einsum("nhwc,nc->nhw", features.astype(np.float64), explainer.channel_weights(features))
+    features, sides, _ = explainer.inputs(images)
+    ours = np.einsum("nhwc,nc->nhw", features.astype(np.float64), explainer.channel_weights(features, sides))
+    if feature_layer is None and explainer.spec.feature_layer_source == "rule":  # the rule's layer, maybe inner
+        feature_layer = explainer.feature_layer
     linear, theirs = keras_grad_cam(model, images, feature_layer)
     assert result.maps.shape == theirs.shape and ours.shape == linear.shape
     keras_prob = np.asarray(model(images, training=False), np.float64).reshape(-1)
@@ -156,14 +158,14 @@ def test_old_run_gets_its_artifact_from_mura_ens_export(specialist_run, tmp_path
     assert json.loads((old / "card.json").read_text())["export"]["explain"]["written"] is True
 
 
-def test_feedforward_cnn_heatmaps_from_its_named_feature_layer(tmp_path):
+def test_feedforward_cnn_heatmaps_from_its_last_block_at_32_px(tmp_path):
     plugin = get_plugin("feedforward_cnn")
     keras.utils.set_random_seed(0)
     model = plugin.build({"image_size": 32, "weights": None, **plugin.defaults, "blocks": 2, "starting_filters": 4})
     images = np.random.default_rng(5).integers(0, 256, (6, 32, 32, 3)).astype(np.float32)
     section = export_with_explain(model, tmp_path, images, feature_layer=plugin_feature_layer(plugin))
     spec = json.loads((tmp_path / "explain.json").read_text())
-    assert section["written"] and spec["feature_layer"] == "features" and spec["feature_layer_source"] == "plugin"
+    assert section["written"] and spec["feature_layer"] == "features" and spec["feature_layer_source"] == "rule"
     assert spec["feature_shape"][:2] == [8, 8] and spec["method"] == "cam"
     check_grad_cam_parity(tmp_path / "model.onnx", model, images, feature_layer="features")
 
@@ -229,7 +231,7 @@ def test_graph_converted_when_model_onnx_holds_no_feature_map(tmp_path, monkeypa
 
     model = zoo_model()
     images = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
-    monkeypatch.setattr(mura_ens.explain.graph, "add_feature_output", lambda *args: None)
+    monkeypatch.setattr(mura_ens.explain.graph, "find_tensors", lambda *args: None)
     section = export_with_explain(model, tmp_path, images)
     assert section["written"] and section["graph"] == "converted", section
     spec = json.loads((tmp_path / "explain.json").read_text())
@@ -270,3 +272,28 @@ def test_resnet50_with_mlp_head_is_grad_cam(tmp_path):
     section = export_with_explain(model, tmp_path, images)
     assert section["written"] and section["method"] == "gradcam" and section["feature_layer"] == "resnet50"
     check_grad_cam_parity(tmp_path / "model.onnx", model, images)
+
+
+def test_explain_layer_of_the_card_is_used_by_mura_ens_export(specialist_run, tmp_path, capsys):
+    """`train --explain-layer NAME` is kept in card.json config; `mura-ens export RUN_DIR` draws from it again."""
+    from mura_ens.errors import UsageError
+    from mura_ens.training import TrainOptions
+
+    assert (
+        TrainOptions(explain_layer="cell1_pool").run_config(image_size=32, weights=None).explain_layer == "cell1_pool"
+    )
+    assert "explain_layer" not in TrainOptions().run_config(image_size=32, weights=None).as_dict()  # old identity
+    with pytest.raises(UsageError, match="explain-layer must be a layer name"):
+        TrainOptions(explain_layer="")
+    run = tmp_path / "run"
+    shutil.copytree(specialist_run, run)
+    card = json.loads((run / "card.json").read_text())
+    card["config"]["explain_layer"] = "cell1_pool"
+    (run / "card.json").write_text(json.dumps(card))
+    assert main(["export", str(run)]) == 0
+    assert "heatmaps gradcam from cell1_pool" in capsys.readouterr().out
+    spec = json.loads((run / "explain.json").read_text())
+    assert spec["feature_layer"] == "cell1_pool" and spec["feature_layer_source"] == "option"
+    check_grad_cam_parity(
+        run / "model.onnx", load_best_model(run / "best.keras"), parity_images(run), feature_layer="cell1_pool"
+    )

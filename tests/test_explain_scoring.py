@@ -247,8 +247,10 @@ def test_model_without_artifact_is_named_once_and_left_out(explained):
     assert explained.result.paths["heatmaps"] == explained.out / "heatmaps" / "index.csv"
 
 
-def test_png_is_the_weighted_mean_of_the_members_heatmaps(explained, setup):
-    """Recompute one overlay from the explainers: the scorer's pixels, equal weights, each map resized to the image."""
+def test_npy_is_the_weighted_mean_of_raw_maps_and_the_png_shows_it(explained, setup):
+    """Recompute one image's maps from the explainers (the scorer's pixels, equal weights): the .npy is the mean
+    of the raw maps on the stored image's pixel grid, the .models.npz holds each, and the overlay is that map
+    normalised and resized to the display."""
     from mura_ens.data.images import decode, resize_rgb
     from mura_ens.explain import load_explainer, normalise
     from mura_ens.scoring.overlay import display_image
@@ -256,15 +258,22 @@ def test_png_is_the_weighted_mean_of_the_members_heatmaps(explained, setup):
     row = explained.index.iloc[0]
     image = decode(row["image"])
     shown = display_image(image)
-    heat = np.zeros((shown.height, shown.width), np.float32)
+    raw = np.zeros((image.height, image.width), np.float32)
     images = pd.read_csv(explained.out / "images.csv").set_index("path")
+    members = np.load(explained.out / row["models_npz"])
     for name, size in (("explain_a", 32), ("explain_b", 48)):
         explainer = load_explainer(setup.models / name / "model.onnx")
         result = explainer.heatmaps(resize_rgb(image, size, "stretch")[None].astype(np.float32))
         # the explainer saw exactly what scoring fed the model
         assert result.probabilities[0] == pytest.approx(images.at[row["image"], f"prob__{name}"], abs=1e-5)
-        resized = Image.fromarray(normalise(result.maps[0])).resize(shown.size, Image.Resampling.BILINEAR)
-        heat += 0.5 * np.asarray(resized, np.float32)
+        on_image = Image.fromarray(result.maps[0]).resize(image.size, Image.Resampling.BILINEAR)
+        np.testing.assert_allclose(members[name], np.asarray(on_image), rtol=1e-5, atol=1e-6)
+        raw += 0.5 * np.asarray(on_image, np.float32)
+    npy = np.load(explained.out / row["npy"])
+    assert npy.dtype == np.float32 and npy.shape == (image.height, image.width)  # the stored image's grid
+    np.testing.assert_allclose(npy, raw, rtol=1e-5, atol=1e-6)
+    assert row["map_max"] == pytest.approx(float(npy.max()), rel=1e-5) and row["map_size"] == "16x16;24x24"
+    heat = normalise(np.asarray(Image.fromarray(npy).resize(shown.size, Image.Resampling.BILINEAR)))
     expected = np.asarray(overlay(shown, heat), np.int16)
     written = np.asarray(Image.open(explained.out / row["png"]), np.int16)
     assert np.abs(written - expected).max() <= 1

@@ -45,7 +45,7 @@ def producers(model, layer) -> list[str]:
 def block_output(k: int) -> str:
     """Name of block ``k``'s output layer in a ``SMALL`` model; "block 0" is the rescaled image."""
     if k == SMALL["blocks"]:
-        return get_plugin("feedforward_cnn").feature_layer
+        return get_plugin("feedforward_cnn").last_block
     return "rescale" if k == 0 else f"block{k}_pool"
 
 
@@ -86,7 +86,7 @@ def test_each_block_input_concatenates_the_two_previous_blocks():
     assert len(concats) == SMALL["blocks"] - 1
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [4, 4, 8, 8, 16, 16, 32, 32]
-    # the plugin's feature layer (heatmaps) is the last block's output, the map the head pools
+    # the last block's output ("features") is the map the head pools
     assert producers(model, model.get_layer("gap")) == [block_output(SMALL["blocks"])] == ["features"]
     assert model.layers[1].name == "rescale" and isinstance(model.layers[1], keras.layers.Rescaling)
     assert model.output.shape[1:] == (1,)

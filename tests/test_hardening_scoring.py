@@ -188,7 +188,8 @@ def test_cli_with_non_utf8_model_and_output_folders_prints_their_bytes(odd_tree,
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert b"wrote " + os.fsencode(out / "images.csv") in proc.stdout
     models = json.loads((out / "models.json").read_text(encoding="utf-8"))["models"]
-    assert os.fsencode(models[0]["path"]) == os.fsencode(model.resolve())  # JSON: \udcff escapes, same bytes back
+    # JSON: \udcff escapes, same bytes back; models.json holds the path relative to --out
+    assert os.fsencode(models[0]["path"]) == os.fsencode(os.path.relpath(model.resolve(), out.resolve()))
 
 
 # ---------------------------------------------------------------------------------------------

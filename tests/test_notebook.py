@@ -67,6 +67,7 @@ def test_quickstart_notebook_executes_in_a_jupyter_kernel(tmp_path, monkeypatch)
         "".join(out["text"]) for cell in cells for out in cell["outputs"] if out["output_type"] == "stream"
     )
     assert "Traceback" not in printed and "AutoGraph" not in printed and "environ(" not in printed
+    assert "Warning:" not in printed, printed  # warnings are one "mura-ens: warning: ..." line each (issue 24)
     assert any("image/png" in out.get("data", {}) for out in _outputs_of(cells, "plot_history"))
     assert any("image/png" in out.get("data", {}) for out in _outputs_of(cells, "roc_figure"))
     (table,) = [out["data"]["text/html"] for out in _outputs_of(cells, "metrics_table") if "data" in out]

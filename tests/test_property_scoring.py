@@ -16,6 +16,7 @@ keeps this file to about a minute on two cores (45 s here); ``HYPOTHESIS_PROFILE
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from scoring_fixtures import interrupt_after, kill_9_once_journalled
@@ -407,3 +408,80 @@ def test_kill_9_of_a_real_run_on_a_hostile_tree_then_resume_gives_the_same_files
     for name in OUTPUTS:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     check_every_file_once(tree, out, {"*"})
+
+
+# --------------------------------------------------------------------------------------- issue 23: outputs and ids
+
+
+def _spellings(target: Path, base: Path, how: str) -> Path:
+    """``target`` spelled another way: as it is, through a symlink, through ``sub/..``, or relative to ``base``."""
+    if how == "symlink":
+        link = base / f"link-{target.name}"
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=target.is_dir())
+        return link
+    if how == "dotdot":
+        (target.parent / "sub").mkdir(exist_ok=True)
+        return target.parent / "sub" / ".." / target.name
+    if how == "relative":
+        return Path(os.path.relpath(target, Path.cwd()))
+    return target
+
+
+def _inputs_of(command: str, tmp: Path, synth_root: Path, model: str) -> tuple[list[str], list[Path], str]:
+    """The command line of ``command`` (with OUT for its output) and the paths it reads."""
+    scored = tmp / "S"
+    scored.mkdir(exist_ok=True)
+    (scored / "studies.csv").write_text("study,label\n")
+    (scored / "models.json").write_text("{}")
+    table = {
+        "manifest": (["manifest", str(synth_root), "-o", "OUT"], [synth_root / "valid_image_paths.csv"]),
+        "fit-ensemble": (
+            ["fit-ensemble", str(scored), "--out", "OUT"],
+            [scored / "studies.csv", scored / "models.json"],
+        ),
+        "score": (["score", str(synth_root / "valid"), "--model", model, "--out", "OUT"], [synth_root / "valid"]),
+        "score-manifest": (["score", str(scored / "studies.csv"), "--model", model, "--out", "OUT"], [scored]),
+        "train": (["train", "--plugin", "custom_cnn", "--data", str(synth_root), "--out", "OUT"], [synth_root]),
+        "compare": (["compare", str(scored), "-o", "OUT"], [scored]),
+    }
+    argv, inputs = table[command]
+    return argv, inputs, "choose another path"
+
+
+@given(
+    command=st.sampled_from(["manifest", "fit-ensemble", "score", "score-manifest", "train", "compare"]),
+    pick=st.integers(0, 5),
+    how=st.sampled_from(["plain", "symlink", "dotdot", "relative"]),
+)
+@settings(max_examples=12)
+def test_an_output_path_that_is_one_of_the_inputs_is_refused(synth_small, tiny_models, command, pick, how):
+    """Issue 23: for every command, an output that is (or resolves to) an input it reads: one line, exit 2."""
+    root = Path(synth_small["root"])
+    before = {p: p.stat().st_mtime_ns for p in root.iterdir()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        argv, inputs, expected = _inputs_of(command, tmp, root, str(tiny_models["gen_a"]))
+        target = inputs[pick % len(inputs)]
+        out = _spellings(target, tmp, how)
+        snapshot = target.read_bytes() if target.is_file() else None
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = main([str(out) if a == "OUT" else a for a in argv])
+        assert code == 2 and err.getvalue().count("\n") == 1 and expected in err.getvalue(), (argv, out, err.getvalue())
+        assert snapshot is None or target.read_bytes() == snapshot
+    with contextlib.suppress(FileNotFoundError):  # links made in the shared tree's folder: none (tmp only)
+        assert {p: p.stat().st_mtime_ns for p in root.iterdir()} == before
+
+
+@given(kill_at=st.integers(1, 40))
+@settings(max_examples=2)
+def test_a_random_kill_point_of_a_pseudonymized_explain_run_leaves_no_raw_identifier(kill_at):
+    """Issue 23: killed at a random write (a journal line, a table, a heatmap, a rename), the output tree holds no
+    raw patient id, study UID, training-data path or absolute path, in any byte or file name (tests/
+    test_hardening_round3.py also scans at every write of a whole run, and after a kill right after heatmaps/)."""
+    from test_hardening_round3 import run_pseudonymized_explain
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        events, _ = run_pseudonymized_explain(Path(tmp), patch, kill_at=kill_at)  # checked at each write, then killed
+    assert events == kill_at or events < kill_at  # killed there, or the run had fewer writes

@@ -212,7 +212,17 @@ def test_train_with_bad_param_is_one_line_exit_2(capsys, tmp_path):
 
 def test_train_base_only_for_families(capsys, tmp_path):
     code = main(
-        ["train", "--plugin", "custom_cnn", "--base", "resnet50", "--data", str(tmp_path), "--out", str(tmp_path)]
+        [
+            "train",
+            "--plugin",
+            "custom_cnn",
+            "--base",
+            "resnet50",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "runs"),
+        ]
     )
     assert code == 2 and "--base applies to specialist families only" in capsys.readouterr().err
 
@@ -230,7 +240,7 @@ def test_specialist_params_are_checked_against_the_base(capsys, tmp_path):
             "--data",
             str(tmp_path),
             "--out",
-            str(tmp_path),
+            str(tmp_path / "runs"),
         ]
     )
     err = capsys.readouterr().err

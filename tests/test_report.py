@@ -165,10 +165,11 @@ def test_report_is_self_contained_and_complete(tmp_path):
     # failed input listed, its error escaped
     assert f'<td class="path">{run["failed"]["path"].iloc[0]}</td>' in text
     assert "truncated" in text and "&lt;b&gt;bad&lt;/b&gt;" in text and "<b>bad</b>" not in text
-    # provenance: card excerpt, metadata, command, library versions
-    assert "onnx_max_abs_diff" in text and "No card.json beside this model" in text
+    # provenance: one compact table (no card.json content: it names training images by path), command, versions
+    assert "onnx_max_abs_diff" not in text and "card.json: <code>" not in text
+    assert "<td>model.onnx</td>" in text and "<th>training set sha256</th>" in text
     assert "mura-ens score /data/valid" in text and "scikit-learn" in text
-    assert "01abababababab" in text[: text.index("Report built with")]  # model hash, short form
+    assert "<td>01ababababab</td>" in text[: text.index("Report built with")]  # model hash, short form
 
     # deterministic: the same run gives the same bytes (resume relies on it)
     again = write_report(tmp_path / "again.html", **run).read_text(encoding="utf-8")
@@ -277,7 +278,7 @@ def test_fitted_ensemble_section_shows_weights_thresholds_and_the_file(tmp_path)
                 "weights": {"m1": 0.75, "m2": 0.25},
                 "calibrator": {"method": "none"},
                 "threshold": 0.4,
-                "quality": {"plain": {"kappa": 0.5, "auc": 0.8}, "fitted_cv": {"kappa": 0.6, "auc": 0.82}},
+                "quality": {"plain": {"kappa": 0.5, "log_loss": 0.61}, "used_cv": {"kappa": 0.6, "log_loss": 0.55}},
                 "notes": ["weights 0.67 fitted + 0.33 plain mean <n/(n+10)>"],
             }
         },
@@ -305,7 +306,7 @@ def test_fitted_ensemble_section_shows_weights_thresholds_and_the_file(tmp_path)
         "none",
         "0.400",
         "0.500 → 0.600",
-        "0.800 → 0.820",
+        "0.610 → 0.550",
     ]
     assert "Platt a=1.5 b=0.1" in text and "0.450" in text  # the global row
     assert "<summary>Fitting notes (1)</summary>" in text and "&lt;n/(n+10)&gt;" in text
@@ -315,11 +316,17 @@ def test_fitted_ensemble_section_shows_weights_thresholds_and_the_file(tmp_path)
     assert "Fitted ensemble" in text[: text.index('id="metrics"')]
 
 
-def test_long_card_json_sits_in_collapsed_details(tmp_path):
+def test_provenance_is_one_compact_table_without_card_content_or_absolute_paths(tmp_path):
+    """Issue 23: a model card lists training images by path; the report keeps names and sha256 only."""
     run = _run(["m1"])
+    run["models"][0]["card"]["data"] = {"parity_paths": ["/train/XR_HAND/patient00042/study1/image1.png"]}
+    run["models"][0]["path"] = "/home/someone/runs/m1/model.onnx"
+    run["models"][0]["training_set_sha256"] = "cd" * 32
     text = write_report(tmp_path / "r.html", **run).read_text()
-    assert "<details><summary>card.json: <code>config</code> (4 lines)</summary><pre>" in text
-    assert "<details open" not in text
+    assert "patient00042" not in text and "/home/someone" not in text and "parity_paths" not in text
+    (row,) = re.findall(r"<tr><td>m1</td>.*?</tr>", text)
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", row)[1:2] == ["model.onnx"] and "cdcdcdcdcdcd" in row
+    assert "<details" not in text[text.index('id="provenance"') :]
 
 
 def test_reliability_points_and_brier_score():

@@ -255,3 +255,157 @@ def test_an_unlabelled_input_gets_fitted_predictions_and_the_file_in_the_report(
     assert '<h2 id="fitted">Fitted ensemble</h2>' in report
     assert hashlib.sha256(ensemble_file.read_bytes()).hexdigest() in report
     assert json.loads((out / "models.json").read_text())["models"][0]["sha256"] in report
+
+
+# ---- issue 22: precision / TTA binding, validated files, the table's arithmetic -------------------
+
+
+def _score_fitted(tree, runs, out, ensemble_file, *extra):
+    return main(
+        ["score", str(tree), "--models", str(runs), "--out", str(out), "--ensemble", "fitted"]
+        + ["--ensemble-file", str(ensemble_file), "--no-progress", *extra]
+    )
+
+
+def test_an_ensemble_fitted_on_other_scores_is_refused_unless_allowed_and_then_flagged(tree, runs, tmp_path, capsys):
+    from dataclasses import replace
+
+    fp32 = replace(hand_made(runs), precision="fp32", tta="none")
+    path = fp32.save(tmp_path / "fp32.json")
+    out = tmp_path / "out"
+    assert _score_fitted(tree, runs, out, path, "--tta", "flip") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--tta flip (fitted on --tta none scores)" in err and "--allow-mismatch" in err
+    assert not out.exists()
+    int8 = replace(fp32, precision="int8").save(tmp_path / "int8.json")
+    assert _score_fitted(tree, runs, out, int8) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "precision fp32 (fitted on int8 scores)" in err and not out.exists()
+    # allowed: scored, and the warning is in metrics.json and the report
+    assert _score_fitted(tree, runs, out, path, "--tta", "flip", "--allow-mismatch") == 0
+    assert "--allow-mismatch" in capsys.readouterr().err
+    warnings = json.loads((out / "metrics.json").read_text())["ensemble_file"]["warnings"]
+    assert warnings == [
+        "applied with --allow-mismatch to --tta flip (fitted on --tta none scores): "
+        "the fitted weights and thresholds may not hold"
+    ]
+    assert "applied with --allow-mismatch to --tta flip" in (out / "report.html").read_text()
+    # an older file (no precision / TTA recorded) loads, and nothing is checked
+    old = hand_made(runs).to_dict()
+    del old["precision"], old["tta"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = FittedEnsemble.load(tmp_path / "old.json")
+    assert loaded.precision is None and loaded.unknown_scoring() == ["precision", "TTA"]
+    assert loaded.scoring_mismatches("int8", "flip") == []
+
+
+def _break(data: dict, where: str, value) -> dict:
+    """A copy of ``data`` with the dotted field ``where`` set to ``value`` (``DEL`` removes it)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    *path, last = where.split(".")
+    node = out
+    for key in path:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if value == "DEL":
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        ("parts.XR_HAND.threshold", 1.5, "parts.XR_HAND.threshold must be in [0, 1], got 1.5"),
+        ("parts.XR_WRIST.threshold", float("nan"), "parts.XR_WRIST.threshold must be a finite number, got nan"),
+        ("global.threshold", -0.1, "global.threshold must be in [0, 1], got -0.1"),
+        ("parts.XR_HAND.weights.gen_a", -0.2, "parts.XR_HAND.weights.gen_a must be >= 0, got -0.2"),
+        ("parts.XR_HAND.weights.gen_b", float("inf"), "parts.XR_HAND.weights.gen_b must be a finite number, got inf"),
+        ("parts.XR_HAND.weights", {}, "parts.XR_HAND.weights is empty"),
+        ("parts.XR_HAND.weights", {"gen_a": 0, "gen_b": 0}, "parts.XR_HAND.weights must have a positive sum"),
+        ("parts.XR_HAND.weights", {"nobody": 1.0}, "parts.XR_HAND.weights names a model that is not a member"),
+        ("parts.XR_HAND.calibrator.a", -1.0, "parts.XR_HAND.calibrator.a (Platt slope) must be >= 0"),
+        (
+            "global.calibrator",
+            {"method": "isotonic", "x": [0, 0.6, 0.5, 1], "y": [0, 0.2, 0.3, 1]},
+            "global.calibrator.x[2] must be > x[1]",
+        ),
+        (
+            "global.calibrator",
+            {"method": "isotonic", "x": [0, 0.5, 1], "y": [0, 0.4, 1.25]},
+            "global.calibrator.y[2] must be in [0, 1], got 1.25",
+        ),
+        ("parts.XR_KNEE", {}, "parts.XR_KNEE is not a known body part"),
+        ("members.1.name", "gen_a", "members[1].name repeats an earlier member, got 'gen_a'"),
+        ("members.0.sha256", "abc", "members[0].sha256 must be 64 lowercase hex digits, got 'abc'"),
+        ("parts.XR_HAND.status", "great", "parts.XR_HAND.status must be one of fitted, weights_only"),
+        ("parts.XR_WRIST.n_positive", 99, "parts.XR_WRIST.n_positive must be <= n_studies (7), got 99"),
+        ("global", "DEL", "global is missing"),
+        ("parts.XR_HAND.threshold", "DEL", "parts.XR_HAND.threshold is missing"),
+        ("tta", 3, "tta must be a non-empty text or null, got 3"),
+    ],
+)
+def test_every_bad_field_of_an_ensemble_file_is_one_line_naming_it_exit_2_nothing_written(
+    tree, runs, tmp_path, capsys, where, value, message
+):
+    data = _break(hand_made(runs).to_dict(), where, value)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))  # NaN / Infinity as Python's json writes them
+    out = tmp_path / "out"
+    assert _score_fitted(tree, runs, out, path) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(path) in err, err
+    assert not out.exists()
+
+
+def test_the_tables_used_kappa_is_the_kappa_of_the_out_of_fold_predictions_and_of_score_where_nothing_is_fitted(
+    tree, runs, tmp_path, capsys
+):
+    from sklearn.metrics import log_loss
+
+    from mura_ens.fitting.summary import summary_rows
+
+    first = tmp_path / "first"
+    score(tree, models_dir=runs, out=first, settings=ScoreSettings(batch_size=4, bootstrap=BOOT), progress=False)
+    path, oof_path = tmp_path / "ensemble.json", tmp_path / "oof.csv"
+    command = ["fit-ensemble", str(first), "--out", str(path), "--oof", str(oof_path), "--min-studies", "2"]
+    assert main([*command, "--folds", "2"]) == 0
+    printed = capsys.readouterr().out
+    fitted = FittedEnsemble.load(path)
+    assert (fitted.precision, fitted.tta) == ("fp32", "none")
+    oof = read_studies_csv(oof_path)
+    rows = {row["part"]: row for row in summary_rows(fitted)}
+    checked = 0
+    for part, model in fitted.parts.items():
+        mine = oof[oof["body_part"] == part]
+        y, pred = mine["label"].astype(int), mine["pred"].astype(int)
+        used = model.info["quality"]["used_cv"]
+        if len(set(y)) == 2:
+            assert used["kappa"] == pytest.approx(cohen_kappa_score(y, pred), abs=1e-12), part
+            assert f"-> {used['kappa']:.3f}" in rows[part]["kappa plain -> used"]
+            assert used["log_loss"] == pytest.approx(log_loss(y, mine["prob"].clip(1e-6, 1 - 1e-6)), abs=1e-9)
+            checked += 1
+        assert part in printed
+    assert checked >= 2, fitted.parts
+    # where nothing is fitted, the out-of-fold predictions are what `score --ensemble fitted` predicts
+    again = tmp_path / "again"
+    with pytest.warns(FittingOverlapWarning):
+        settings = ScoreSettings(ensemble="fitted", ensemble_file=path, batch_size=4, bootstrap=BOOT)
+        score(tree, models_dir=runs, out=again, settings=settings, progress=False)
+    scored = read_studies(again).set_index("study")
+    plain_parts = [p for p, m in fitted.parts.items() if m.status == "plain_mean" and m.calibrator.method == "none"]
+    for part in plain_parts:
+        mine = oof[oof["body_part"] == part].set_index("study")
+        assert list(mine["pred"]) == list(scored.loc[mine.index, "pred"].astype(int)), part
+        assert np.allclose(mine["prob"], scored.loc[mine.index, "prob"], rtol=0, atol=1e-12), part
+    assert plain_parts, {p: m.status for p, m in fitted.parts.items()}
+
+
+def read_studies_csv(path):
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"study": "string", "body_part": "string"})

@@ -1,4 +1,7 @@
-"""Synthetic MURA: layout, determinism, class ratios, quirks, learnability preconditions."""
+"""Synthetic MURA, ``easy`` difficulty: layout, determinism, class ratios, quirks, learnability preconditions.
+
+The ``mura`` difficulty (the default) and findings.csv: tests/test_synth_mura.py.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ def medium(tmp_path_factory):
     """12 studies per part: the size the issue says must take seconds."""
     out = tmp_path_factory.mktemp("synth12")
     start = time.perf_counter()
-    summary = make_synthetic_mura(out, studies_per_part=12, size=64, seed=7)
+    summary = make_synthetic_mura(out, studies_per_part=12, size=64, seed=7, difficulty="easy")
     summary["seconds"] = time.perf_counter() - start
     return summary
 
@@ -41,6 +44,7 @@ def test_fast(medium):
 def test_layout_and_official_csvs(synth_small):
     root = Path(synth_small["root"])
     assert sorted(p.name for p in root.iterdir()) == [
+        "findings.csv",
         "train",
         "train_image_paths.csv",
         "train_labeled_studies.csv",
@@ -60,15 +64,17 @@ def test_layout_and_official_csvs(synth_small):
 
 
 def test_deterministic_per_seed(tmp_path, synth_small):
-    again = make_synthetic_mura(tmp_path / "a", studies_per_part=6, size=64, seed=3)
+    again = make_synthetic_mura(tmp_path / "a", studies_per_part=6, size=64, seed=3, difficulty="easy")
     assert _tree_bytes(again["root"]) == _tree_bytes(synth_small["root"])
-    same = {k: v for k, v in again.items() if k not in ("out", "root", "quirk_files", "relabelled_study", "csv")}
+    same = {
+        k: v for k, v in again.items() if k not in ("out", "root", "quirk_files", "relabelled_study", "csv", "findings")
+    }
     assert same == {k: synth_small[k] for k in same}
     assert (
         walk_mura(again["root"]).manifest["study"].tolist() == walk_mura(synth_small["root"]).manifest["study"].tolist()
     )
 
-    other = make_synthetic_mura(tmp_path / "b", studies_per_part=6, size=64, seed=4)
+    other = make_synthetic_mura(tmp_path / "b", studies_per_part=6, size=64, seed=4, difficulty="easy")
     a, b = _tree_bytes(other["root"]), _tree_bytes(synth_small["root"])
     assert a != b
     common = set(a) & set(b)
@@ -173,8 +179,10 @@ def test_bad_arguments_and_existing_output(tmp_path, synth_small):
         make_synthetic_mura(tmp_path, valid_fraction=1.0)
     with pytest.raises(UsageError, match="already exists"):
         make_synthetic_mura(synth_small["out"], studies_per_part=6, size=64, seed=3)
-    make_synthetic_mura(tmp_path, studies_per_part=2, size=32, seed=0)
-    summary = make_synthetic_mura(tmp_path, studies_per_part=2, size=32, seed=0, overwrite=True)
+    with pytest.raises(UsageError, match="difficulty"):
+        make_synthetic_mura(tmp_path, difficulty="hard")
+    make_synthetic_mura(tmp_path, studies_per_part=2, size=32, seed=0, difficulty="easy")
+    summary = make_synthetic_mura(tmp_path, studies_per_part=2, size=32, seed=0, overwrite=True, difficulty="easy")
     assert summary["totals"]["train"]["studies"] + summary["totals"]["valid"]["studies"] == 14
 
 

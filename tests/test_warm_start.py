@@ -190,7 +190,7 @@ def test_warm_started_specialist_is_at_least_as_good_as_one_from_scratch(tmp_pat
     from mura_ens.data.synth import make_synthetic_mura
     from mura_ens.training import train
 
-    synth = make_synthetic_mura(tmp_path / "synth", studies_per_part=60, size=64, seed=5)
+    synth = make_synthetic_mura(tmp_path / "synth", studies_per_part=60, size=64, seed=5, difficulty="easy")
     common = TrainOptions(
         image_size=48, batch_size=16, seed=1, progress=False, params={"cells": 3, "starting_filters": 8}, patience=4
     )

@@ -4,7 +4,9 @@ Command modules keep heavy imports (numpy, pandas, onnxruntime, TensorFlow)
 inside their functions so that ``mura-ens --help`` stays fast.
 """
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import typer
 
@@ -87,3 +89,26 @@ def _root(
 ) -> None:
     """Abnormality detection on MURA-layout radiographs: data, training, ONNX export, scoring, ensembles."""
     _paths_printable()
+    from ..console import install_warning_lines
+
+    install_warning_lines()  # every warning one "mura-ens: warning: ..." line, no file:line (console.py)
+
+
+def interrupted_line(exc: BaseException, kept: str = "") -> str:
+    """``mura-ens: interrupted (SIGTERM): <what was kept and how to go on>``: the one line a command prints when
+    Ctrl-C or SIGTERM (:class:`~mura_ens.errors.Terminated`) stops it; Typer then exits with code 130."""
+    from ..errors import Terminated
+
+    cause = " (SIGTERM)" if isinstance(exc, Terminated) else ""
+    return f"mura-ens: interrupted{cause}" + (f": {kept}" if kept else "")
+
+
+@contextlib.contextmanager
+def said_when_interrupted(kept: str) -> Iterator[None]:
+    """Inside the block, Ctrl-C or SIGTERM prints :func:`interrupted_line` with ``kept`` (what was kept and how to go
+    on) on stderr, then goes on as a ``KeyboardInterrupt`` (Typer exits with code 130)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        print(interrupted_line(exc, kept), file=sys.stderr)
+        raise

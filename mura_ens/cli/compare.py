@@ -42,7 +42,9 @@ def compare_command(
     from rich.console import Console
 
     from ..compare import NoRunToCompare, compare_runs, write_comparison
+    from ..io import refuse_input_as_output
 
+    refuse_input_as_output([out], run_dirs)  # the page's folder is never one of the runs it reads
     try:
         comparison = compare_runs(run_dirs, metric=metric)
     except NoRunToCompare as exc:

@@ -33,15 +33,38 @@ def demo_command(
     from ..demo import run_demo
 
     started = time.perf_counter()
-    result = run_demo(out, quick=quick, seed=seed, progress=progress)
+    from ..training.checks import training_warnings_as_lines
+
+    with training_warnings_as_lines():  # the runs' warnings as "mura-ens: warning: ..." lines, as in `train`
+        result = run_demo(out, quick=quick, seed=seed, progress=progress)
     console = Console()
     if not console.is_terminal:  # a log or a pipe: wide enough for the comparison table
         console = Console(width=max(console.width, 100))
     _print_fit(result.fitted, result.heldout, console)
     print_comparison(result.comparison, console)
+    print_localisation(result.explain_eval)
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     print(f"demo finished in {time.perf_counter() - started:.0f} s ({steps})")
     print(f"open {result.results / 'report.html'} (fitted ensemble; plain mean: {result.out / 'results_body_part'})")
+
+
+def print_localisation(evaluation: Any) -> None:
+    """The heatmaps' pointing game on valid against the ground-truth findings: the ensemble, then each model."""
+    if not evaluation:
+        print("heatmaps: no findings.csv in the synthetic data, localisation not measured")
+        return
+    sources = evaluation["sources"]
+    grow = evaluation["grow_px"]
+    for name in ["ensemble", *sorted(n for n in sources if n != "ensemble")]:
+        entry = sources[name]
+        hit, base = entry["pointing_game"], entry["pointing_baseline"]
+        low, high = hit["ci95"]
+        ratio = f"{hit['mean'] / base['mean']:.1f}x" if base["mean"] > 0 else "n/a"
+        print(
+            f"heatmaps {name}: pointing game {hit['mean']:.3f} [{low:.3f}, {high:.3f}] vs random {base['mean']:.3f} "
+            f"({ratio}; box grown by {grow} px), energy share {entry['energy_share']['mean']:.3f} vs "
+            f"{entry['energy_baseline']['mean']:.3f}, {entry['images']} images with a finding on valid"
+        )
 
 
 def _print_fit(fitted: Any, heldout: Any, console: Any) -> None:

@@ -29,28 +29,49 @@ def evaluate_command(
         metavar="FILE",
         help="Predict with this fitted ensemble's per-part thresholds (a `score --ensemble fitted` output), not --threshold.",
     ),
-    out: Path = typer.Option(Path("metrics.json"), "--out", "-o", help="Where to write metrics.json."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Where to write metrics.json [default: beside PREDICTIONS.csv]; never onto an input.",
+        show_default=False,
+    ),
     prob_column: str = typer.Option("prob", "--prob-column", help="Probability column, e.g. prob__<model>."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0 = none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
 ) -> None:
-    """Kappa, ROC AUC, accuracy, sensitivity, specificity per body part from labelled predictions."""
+    """Kappa, ROC AUC, accuracy, sensitivity, specificity per body part from labelled predictions.
+
+    Writes metrics.json beside PREDICTIONS.csv (-o to choose), in the structure `score` writes: for the
+    ensemble column `prob` of a scoring run's studies.csv, also the image level (from the images.csv beside
+    it), each model's section (its prob__<model> column) and, with --ensemble-file, the plain body_part
+    mean under baselines.
+    """
     import warnings
 
     from rich.console import Console
 
     from ..api import evaluate
-    from ..io import atomic_write_json, check_output_file
-    from ..metrics import BootstrapSettings, UndefinedMetricWarning, format_metrics_table
+    from ..io import atomic_write_json, check_output_file, refuse_input_as_output
+    from ..metrics import BootstrapSettings, UndefinedMetricWarning, fold_undefined_warnings, format_metrics_table
+    from ..predictions import IMAGES_FILE, MODELS_FILE
 
     console = Console()
+    out = predictions.parent / "metrics.json" if out is None else out
+    beside = (predictions.parent / IMAGES_FILE, predictions.parent / MODELS_FILE)
+    refuse_input_as_output([out], [predictions, ensemble_file, *beside], what="--out")
     check_output_file(out, what="--out")  # before any work: a path that cannot be written is one line
     settings = BootstrapSettings(n_resamples=bootstrap, seed=seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedMetricWarning)
-        metrics = evaluate(
-            predictions, threshold=threshold, ensemble_file=ensemble_file, prob_column=prob_column, bootstrap=settings
-        )
+        with fold_undefined_warnings():  # one line for all one-class groups, as `score` says it
+            metrics = evaluate(
+                predictions,
+                threshold=threshold,
+                ensemble_file=ensemble_file,
+                prob_column=prob_column,
+                bootstrap=settings,
+            )
     rule = "per-part thresholds" if ensemble_file is not None else f"> {0.5 if threshold is None else threshold:g}"
     for level in ("study", "image"):
         if level in metrics:

@@ -69,10 +69,13 @@ def export_command(
     for run_dir in targets:
         try:
             _export_one(run_dir, quantize=quantize, calibration_images=calibration_images, data=data, reexport=reexport)
-        except (UsageError, RunFailed) as exc:
-            if len(targets) == 1 and not unmatched or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        except Exception as exc:  # one line for this run; the others are still done (exit 2 at the end)
+            one_run = len(targets) == 1 and not unmatched
+            if (one_run and isinstance(exc, (UsageError, RunFailed))) or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise  # one run: the usual one-line error (main prints it)
-            message = str(exc) if str(run_dir) in str(exc) else f"{run_dir}: {exc}"
+            text = str(exc) if isinstance(exc, (UsageError, RunFailed)) else f"{type(exc).__name__}: {exc}"
+            text = " ".join(text.split())
+            message = text if str(run_dir) in text else f"{run_dir}: {text}"
             print(f"mura-ens: error: {message}", file=sys.stderr)
             failed.append(message)
     if failed:

@@ -38,10 +38,15 @@ def fit_ensemble_command(
     ),
     models: Annotated[
         Path | None,
-        typer.Option("--models", metavar="DIR", help="The models SCORED_DIR was scored with (for their sha256)."),
+        typer.Option(
+            "--models",
+            metavar="DIR",
+            help="Cross-check: the models SCORED_DIR was scored with (members and sha256 come from its models.json).",
+        ),
     ] = None,
     model: Annotated[
-        list[Path] | None, typer.Option("--model", metavar="FILE", help="One of those models (repeatable).")
+        list[Path] | None,
+        typer.Option("--model", metavar="FILE", help="Cross-check one of those models (repeatable)."),
     ] = None,
     calibrate: Annotated[
         str, typer.Option(metavar="none|platt|isotonic", help="Probability calibration per body part.")
@@ -66,13 +71,20 @@ def fit_ensemble_command(
     ] = 10,
     folds: Annotated[int, typer.Option(metavar="K", help="Patient-grouped cross-validation folds.")] = 5,
     seed: Annotated[int, typer.Option(metavar="N", help="Seed of the folds and bootstrap.")] = 0,
+    oof: Annotated[
+        Path | None,
+        typer.Option(
+            "--oof",
+            metavar="FILE",
+            help="Also write the fitting studies' out-of-fold prob and pred of what each part uses "
+            "(the table's CV columns are computed from them), as a CSV.",
+        ),
+    ] = None,
 ) -> None:
     """Fit per body part: member weights, an optional calibrator and a decision threshold; write ensemble.json."""
     from ..api import fit_ensemble
-    from ..io import check_output_file
 
-    if not out.is_dir():  # a folder has its own message; below a file, /proc, no permission: one line, before fitting
-        check_output_file(out, what="--out")
+    _check_outputs(out, oof)
     fitted = fit_ensemble(
         scored_dir,
         out,
@@ -89,26 +101,43 @@ def fit_ensemble_command(
     )
     _print_summary(fitted)
     typer.echo(f"wrote {out}")
+    if oof is not None and fitted.out_of_fold is not None:
+        from ..io import atomic_write_csv
+
+        typer.echo(f"wrote {atomic_write_csv(oof, fitted.out_of_fold)}")
+
+
+def _check_outputs(out: Path, oof: Path | None) -> None:
+    """Before fitting: ``--out`` and ``--oof`` writable files (one line each otherwise), not the same file."""
+    from ..io import check_output_file
+
+    if not out.is_dir():  # a folder has its own message; below a file, /proc, no permission: one line, before fitting
+        check_output_file(out, what="--out")
+    if oof is not None:
+        if oof.is_dir() or oof.resolve() == out.resolve():
+            raise UsageError(f"--oof must be a file other than --out, got {oof}")
+        check_output_file(oof, what="--oof")
 
 
 def _print_summary(fitted: Any) -> None:
+    """The table of what each part uses, then the notes (one short sentence each: rejected candidates, why)."""
     from rich.console import Console
     from rich.table import Table
 
-    from ..fitting.summary import summary_rows
+    from ..fitting.summary import COLUMNS, summary_rows
 
     rows = summary_rows(fitted)
     settings = fitted.settings
-    title = f"Fitted ensemble: {settings.threshold_rule} thresholds, calibration {settings.calibrate}"
-    table = Table(title=title)
-    columns = [c for c in rows[0] if c != "notes"]
-    for column in columns:
-        table.add_column(column, no_wrap=column in ("part", "threshold"))
+    scored = f"precision {fitted.precision or 'unknown'}, TTA {fitted.tta or 'unknown'}"
+    title = f"Fitted ensemble: {settings.threshold_rule} thresholds, calibration {settings.calibrate}, {scored}"
+    table = Table(title=title, caption="kappa and log loss: the plain mean vs what each part uses, cross-validated")
+    for column in COLUMNS:
+        table.add_column(column, no_wrap=column in ("part", "threshold", "status"))
     for row in rows:
-        table.add_row(*(row[c] for c in columns))
+        table.add_row(*(row[c] for c in COLUMNS))
     Console().print(table)
-    for row in rows:
-        if row["notes"]:
-            typer.echo(f"{row['part']}: {row['notes']}")
+    typer.echo("notes:")
+    for row in rows[:-1]:
+        typer.echo(f"  {row['part']}: {row['notes']}")
     for note in fitted.notes:
-        typer.echo(f"note: {note}")
+        typer.echo(f"  {note}")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ._app import app
+from ._app import app, said_when_interrupted
 
 _Input = Annotated[
     Path,
@@ -40,6 +40,14 @@ _EnsembleFile = Annotated[
         help="ensemble.json written by mura-ens fit-ensemble (with --ensemble fitted); its members must be the models found.",
     ),
 ]
+_AllowMismatch = Annotated[
+    bool,
+    typer.Option(
+        "--allow-mismatch",
+        help="Apply --ensemble-file although it was fitted on scores of another --precision or --tta "
+        "(a warning goes into metrics.json and the report).",
+    ),
+]
 _Tta = Annotated[
     str,
     typer.Option(
@@ -49,12 +57,22 @@ _Tta = Annotated[
     ),
 ]
 _Explain = Annotated[
-    int,
+    str,
     typer.Option(
         "--explain",
-        metavar="K",
+        metavar="K|all",
         help="Heatmap overlays (CAM/Grad-CAM, no TensorFlow) of the K studies of highest probability and, with labels, "
-        "the K worst false positives and false negatives: heatmaps/ in --out and a gallery in the report (0: none).",
+        "the K worst false positives and false negatives: heatmaps/ in --out and a gallery in the report (0: none). "
+        "all: every labelled abnormal study too (for explain-eval), plus K=5 of each group.",
+    ),
+]
+_Findings = Annotated[
+    Path | None,
+    typer.Option(
+        "--findings",
+        metavar="CSV",
+        help="Ground-truth boxes (findings.csv: path, kind, x0, y0, x1, y1): score the heatmaps against them "
+        "(pointing game, energy share; heatmaps/explain_eval.json and a table in the report). Needs --explain.",
     ),
 ]
 _Labels = Annotated[
@@ -127,6 +145,18 @@ _ShipModels = Annotated[
 ]
 
 
+def _explain_count(text: str) -> int | str:
+    """``--explain``'s K as an int when it is one (ScoreSettings refuses anything else, naming it)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+#: What Ctrl-C or SIGTERM during a run says (:func:`~._app.said_when_interrupted`); warnings: one line each.
+_RESUME = "finished batches are journalled in {out}; rerun with --resume to continue"
+
+
 @app.command("score")
 def score_command(
     input: _Input,
@@ -134,8 +164,10 @@ def score_command(
     model: _Model = None,
     ensemble: _Ensemble = "body_part",
     ensemble_file: _EnsembleFile = None,
+    allow_mismatch: _AllowMismatch = False,
     tta: _Tta = "none",
-    explain: _Explain = 0,
+    explain: _Explain = "0",
+    findings: _Findings = None,
     labels: _Labels = None,
     pseudonymize: _Pseudonymize = False,
     pseudonym_key: _PseudonymKey = None,
@@ -155,6 +187,7 @@ def score_command(
     import sys
     import warnings
 
+    _check_input_exists(input)
     from rich.console import Console
 
     from ..api import score
@@ -171,29 +204,35 @@ def score_command(
         precision=precision,
         tta=tta,
         ensemble_file=ensemble_file,
-        explain=explain,
+        allow_mismatch=allow_mismatch,
+        explain=explain if explain.strip().lower() == "all" else _explain_count(explain),
+        findings=findings,
         labels=labels,
         pseudonymize=pseudonymize,
         pseudonym_key=pseudonym_key,
     )
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # shown below as one line each
-            result = score(
-                input,
-                out,
-                models=models,
-                model=model,
-                settings=settings,
-                backend=backend,
-                progress=progress,
-                scheduler=scheduler,
-                ship_models=ship_models,
-            )
-    except KeyboardInterrupt:
-        print(f"mura-ens: finished batches are journalled in {out}; rerun with --resume to continue", file=sys.stderr)
-        raise
+    with said_when_interrupted(_RESUME.format(out=out)), warnings.catch_warnings(record=True) as caught:
+        result = score(
+            input,
+            out,
+            models=models,
+            model=model,
+            settings=settings,
+            backend=backend,
+            progress=progress,
+            scheduler=scheduler,
+            ship_models=ship_models,
+        )
     for w in caught:
         print(f"mura-ens: warning: {w.message}", file=sys.stderr)
     for note in result.notes:
         print(f"mura-ens: {note}", file=sys.stderr)
     print_score_summary(result, Console())
+
+
+def _check_input_exists(input: Path) -> None:
+    """A missing input is answered before the command's heavy imports (pandas, numpy: ~0.5 s of CPU)."""
+    if not input.exists():
+        from ..errors import UsageError
+
+        raise UsageError(f"input not found: {input}")

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from ._app import app
+from ._app import app, said_when_interrupted
 
 _BATCH_HELP = "Images per step and replica: a step takes batch-size x replicas images (global batch)."
 _STRATEGY_HELP = (
@@ -82,6 +82,15 @@ TensorBoardOpt = Annotated[
     ),
 ]
 ResizeOpt = Annotated[str, typer.Option("--resize-policy", help="stretch (as the MURA paper) or pad.")]
+ExplainLayerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--explain-layer",
+        metavar="NAME",
+        help="Layer whose output heatmaps are drawn from (default: the plugin's, else the last conv map with a "
+        "side >= 7; docs/explain.md).",
+    ),
+]
 CacheOpt = Annotated[Path | None, typer.Option("--cache", metavar="DIR", help=_CACHE_HELP)]
 MixedOpt = Annotated[
     bool | None,
@@ -125,6 +134,7 @@ def train_command(
     init_from: InitFromOpt = None,
     overwrite: OverwriteOpt = False,
     tensorboard: TensorBoardOpt = True,
+    explain_layer: ExplainLayerOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train, evaluate on the test split (MURA valid) and export model.onnx; print the run folder(s).
@@ -166,10 +176,12 @@ def train_command(
         init_from=init_from,
         overwrite=overwrite,
         tensorboard=tensorboard,
+        explain_layer=explain_layer,
     )
     from ..training.checks import training_warnings_as_lines
 
-    with training_warnings_as_lines():  # one "mura-ens: warning: ..." line each, as they come
+    kept = f"the unfinished run was deleted, finished runs in {out} are kept; rerun the same command to go on"
+    with said_when_interrupted(kept), training_warnings_as_lines():  # warnings: one line each, as they come
         runs = train(plugin, data, out, options)
     for run in runs:
         typer.echo(str(run.path))

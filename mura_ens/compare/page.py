@@ -37,7 +37,10 @@ _CSS = (
 td.best, td .best { font-weight: 700; }
 td.num span.ci { display: block; color: var(--muted); font-size: 12px; font-weight: 400; }
 table.wide { font-size: 13px; }
-td.param { white-space: nowrap; }
+td.param { overflow-wrap: anywhere; max-width: 16em; }
+table.wide td, table.wide th { overflow-wrap: normal; word-break: normal; }
+table.wide td.param { overflow-wrap: anywhere; }
+td.run { min-width: 8em; }
 """
 )
 
@@ -91,27 +94,51 @@ def _header(title: str, comparison: Comparison) -> str:
     return f'<header><h1>{_e(title)}</h1><div class="header-grid">{grid}</div></header>'
 
 
+def _peer_best(comparison: Comparison, values: Mapping[str, float], column: str) -> set[str]:
+    """The runs whose value is the best among the runs validated and tested on the same body parts as they are
+    (groups of two runs or more): a specialist's loss or overall kappa is not comparable with a generalist's."""
+    parts = comparison.overview["body_parts"].astype(str)
+    best: set[str] = set()
+    for _, group in parts.groupby(parts, sort=False):
+        names = [n for n in group.index if n in values]
+        if len(names) < 2:
+            continue
+        top = best_value([values[n] for n in names], column)
+        best |= {n for n in names if _same(float(values[n]), top)}
+    return best
+
+
+def _overall_peers(comparison: Comparison, level: str, metric: str) -> set[str]:
+    """The runs whose overall ``metric`` is the best among the runs on the same body parts (:func:`_peer_best`)."""
+    values = {n: float(c[metric]) for n in comparison.names if (c := comparison.cell(n, level, "overall")) is not None}
+    return _peer_best(comparison, values, metric)
+
+
 def _runs_section(comparison: Comparison) -> str:
     overview = comparison.overview
-    best_loss = best_value(overview["best_val_loss"], "loss")
+    best_loss = _peer_best(comparison, {str(n): float(v) for n, v in overview["best_val_loss"].items()}, "loss")
     head = ["run", "plugin", "body parts", "input", "epochs", "best epoch", "best val loss", "evaluated on", "folder"]
     rows = []
     for name, row in overview.iterrows():
         loss = float(row["best_val_loss"])
         rows.append(
             [
-                _td(name),
+                _name_td(name),
                 _td(row["plugin"]),
                 _td(row["body_parts"]),
                 _td(f"{row['input_size']} px", numeric=True),
                 _td(_whole(row["epochs_run"]), numeric=True),
                 _td(_whole(row["best_epoch"]), numeric=True),
-                _td(format_metric(loss, 4), numeric=True, best=_same(loss, best_loss)),
+                _td(format_metric(loss, 4), numeric=True, best=name in best_loss),
                 _td(row["evaluated_on"] or "n/a"),
                 f'<td class="path">{_e(row["path"])}</td>',
             ]
         )
-    return '<h2 id="runs">Runs</h2>' + _table(head, rows, numeric=(3, 4, 5, 6))
+    note = (
+        '<p class="note">Bold: the lowest validation loss among runs on the same body parts '
+        "(a specialist's loss is not comparable with a generalist's).</p>"
+    )
+    return '<h2 id="runs">Runs</h2>' + note + _table(head, rows, numeric=(3, 4, 5, 6))
 
 
 def _parameters_section(comparison: Comparison) -> str:
@@ -129,7 +156,10 @@ def _parameters_section(comparison: Comparison) -> str:
     # One row per parameter: a handful of runs side by side stays readable however many parameters differ.
     head = ["parameter", *parameters.index]
     rows = [
-        [f"<td><code>{_e(key)}</code></td>", *(f'<td class="param">{_e(value)}</td>' for value in parameters[key])]
+        [
+            f"<td><code>{_e(key)}</code></td>",
+            *(f'<td class="param">{_breakable(value, "/,")}</td>' for value in parameters[key]),
+        ]
         for key in parameters.columns
     ]
     return "".join(out) + _table(head, rows, css_class="wide", numeric=())
@@ -178,7 +208,8 @@ def _metrics_note(comparison: Comparison) -> str:
     return (
         "Each run's evaluation.json (its test fold, MURA valid; else its validation fold: see 'evaluated on'). "
         f"Brackets: {ci:g}% bootstrap interval{resamples}. Bold: the best value of a column among the runs "
-        "(kappa, AUC, accuracy; none when fewer than two runs have a value). n/a: undefined (one class), "
+        "(kappa, AUC, accuracy; none when fewer than two runs have a value); in the overall rows, among the runs "
+        "on the same body parts only. n/a: undefined (one class), "
         f"{MISSING}: the run has no studies of that body part."
     )
 
@@ -186,17 +217,21 @@ def _metrics_note(comparison: Comparison) -> str:
 def _overall_table(comparison: Comparison, level: str) -> str:
     head = ["run", "n", "abnormal", "kappa [CI]", "AUC [CI]", "accuracy", "sensitivity", "specificity"]
     rows = []
+    peers = {metric: _overall_peers(comparison, level, metric) for metric in ("kappa", "auc", "accuracy")}
     for name in comparison.names:
         cell = comparison.cell(name, level, "overall")
         if cell is None:
-            rows.append([_td(name), *(_td(MISSING, numeric=True) for _ in head[1:])])
+            rows.append([_name_td(name), *(_td(MISSING, numeric=True) for _ in head[1:])])
             continue
         rows.append(
             [
-                _td(name),
+                _name_td(name),
                 _td(int(cell["n"]), numeric=True),
                 _td(int(cell["n_positive"]), numeric=True),
-                *(_metric_td(comparison, (level, "overall"), cell, metric) for metric in ("kappa", "auc", "accuracy")),
+                *(
+                    _metric_td(comparison, cell, metric, best=name in peers[metric])
+                    for metric in ("kappa", "auc", "accuracy")
+                ),
                 _td(format_metric(float(cell["sensitivity"])), numeric=True),
                 _td(format_metric(float(cell["specificity"])), numeric=True),
             ]
@@ -207,13 +242,17 @@ def _overall_table(comparison: Comparison, level: str) -> str:
 def _by_part_table(comparison: Comparison, level: str, metric: str, groups: Sequence[str]) -> str:
     head = ["run", *(_group_header(comparison, level, group) for group in groups)]
     rows = []
+    overall = _overall_peers(comparison, level, metric)
     for name in comparison.names:
-        cells = [_td(name)]
+        cells = [_name_td(name)]
         for group in groups:
             cell = comparison.cell(name, level, group)
-            cells.append(
-                _td(MISSING, numeric=True) if cell is None else _metric_td(comparison, (level, group), cell, metric)
-            )
+            if cell is None:
+                cells.append(_td(MISSING, numeric=True))
+                continue
+            # A body part's studies are the same for every run; "overall" is comparable only among peers.
+            best = name in overall if group == "overall" else comparison.is_best(level, group, metric, cell[metric])
+            cells.append(_metric_td(comparison, cell, metric, best=best))
         rows.append(cells)
     return _table(head, rows, css_class="wide")
 
@@ -224,9 +263,8 @@ def _group_header(comparison: Comparison, level: str, group: str) -> str:
     return f"{group} (n {counts.pop()})" if len(counts) == 1 else group
 
 
-def _metric_td(comparison: Comparison, key: tuple[str, str], cell: Any, metric: str) -> str:
+def _metric_td(comparison: Comparison, cell: Any, metric: str, *, best: bool) -> str:
     value = float(cell[metric])
-    best = comparison.is_best(key[0], key[1], metric, value)
     text = _e(format_metric(value))
     if metric in ("kappa", "auc"):
         lo, hi = float(cell[f"{metric}_lo"]), float(cell[f"{metric}_hi"])
@@ -268,6 +306,19 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _breakable(text: Any, after: str = "-") -> str:
+    """Escaped ``text`` that may wrap after each of the characters ``after``: parameter-derived run names break
+    between their parts (``custom_cnn-64-f16-c5-e15-wc-aug``), paths after a ``/``, never inside a part."""
+    out = _e(text)
+    for char in after:
+        out = out.replace(char, f"{char}<wbr>")
+    return out
+
+
+def _name_td(name: Any) -> str:
+    return f'<td class="run">{_breakable(name)}</td>'
+
+
 def _td(value: Any, *, numeric: bool = False, best: bool = False) -> str:
     classes = " ".join(c for c, on in (("num", numeric), ("best", best)) if on)
     return f'<td class="{classes}">{_e(value)}</td>' if classes else f"<td>{_e(value)}</td>"
@@ -290,7 +341,9 @@ def _table(
         parts.append(f"<caption>{_e(caption)}</caption>")
     right = set(range(1, len(head))) if numeric is None else set(numeric)
     parts.append(
-        "<tr>" + "".join(f"<th{' class=num' if i in right else ''}>{_e(h)}</th>" for i, h in enumerate(head)) + "</tr>"
+        "<tr>"
+        + "".join(f"<th{' class=num' if i in right else ''}>{_breakable(h)}</th>" for i, h in enumerate(head))
+        + "</tr>"
     )
     parts.extend("<tr>" + "".join(row) + "</tr>" for row in rows)
     parts.append("</table>")

@@ -135,6 +135,19 @@ class DicomHeader:
     samples_per_pixel: int
     bits_allocated: int
     sop_class: str
+    patient_name: str = ""
+    accession_number: str = ""
+
+    def identifiers(self) -> set[str]:
+        """What identifies the patient or the examination (``--pseudonymize`` replaces them in every output):
+        Patient ID, Study Instance UID, Accession Number, and the Patient's Name with each of its parts
+        (``SMITH^JOHN``: also ``SMITH``, ``JOHN``, ``SMITH_JOHN``, ``SMITH JOHN``, as a folder may be named)."""
+        found = {self.study_uid, self.patient_id, self.accession_number}
+        name = self.patient_name.strip()
+        if name:
+            parts = [piece for piece in re.split(r"[\^=,\s]+", name) if len(piece) >= 2]
+            found |= {name, *parts, "_".join(parts), " ".join(parts), "^".join(parts)}
+        return {i for i in found if i.strip()}
 
     @property
     def is_dicomdir(self) -> bool:
@@ -182,6 +195,8 @@ def header_of(ds: Any) -> DicomHeader:
         samples_per_pixel=number("SamplesPerPixel", 1),
         bits_allocated=number("BitsAllocated", 8),
         sop_class=text("MediaStorageSOPClassUID", meta) or text("SOPClassUID"),
+        patient_name=text("PatientName"),
+        accession_number=text("AccessionNumber"),
     )
 
 
@@ -444,9 +459,11 @@ def scan_dicom_files(paths: Iterable[str], root: str) -> tuple[list[dict], list[
 
 
 def _header_row(path: str, header: DicomHeader | None, base: str) -> dict:
-    row = {"path": path, "patient": "", "body_part": "", "label": None, "split": ""}
+    """A manifest row; ``identifiers`` (not a manifest column) holds the header's (:meth:`DicomHeader.identifiers`)."""
+    row: dict[str, Any] = {"path": path, "patient": "", "body_part": "", "label": None, "split": ""}
     if header is None:
         return {**row, "study": _folder_key(path, base)}
+    row["identifiers"] = header.identifiers()
     if not header.study_uid:
         return {
             **row,

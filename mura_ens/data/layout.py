@@ -70,6 +70,9 @@ class ScanResult:
 
     manifest: pd.DataFrame
     skipped: pd.DataFrame = field(default_factory=lambda: skipped_frame([]))
+    #: What the DICOM headers name that identifies a patient or examination (patient ids and names, study
+    #: UIDs, accession numbers: :meth:`mura_ens.data.dicom.DicomHeader.identifiers`), for ``--pseudonymize``.
+    identifiers: frozenset[str] = frozenset()
 
 
 class StudyInfo(NamedTuple):
@@ -290,12 +293,14 @@ def walk_mura(folder: str | os.PathLike) -> ScanResult:
                 skipped.append({"path": dirpath, "reason": "empty_study"})
 
     manifest = _disambiguate_keys(manifest_frame(rows), root)
+    identifiers: set[str] = set()
     if loose_dicom:
         dicom_rows, dicom_skipped = scan_dicom_files(loose_dicom, root)
+        identifiers.update(i for row in dicom_rows for i in row.pop("identifiers", ()))
         manifest = manifest_frame(pd.concat([manifest, manifest_frame(dicom_rows)], ignore_index=True))
         skipped += dicom_skipped
     manifest = sort_manifest(manifest)
-    return ScanResult(manifest=manifest, skipped=skipped_frame(skipped, manifest))
+    return ScanResult(manifest=manifest, skipped=skipped_frame(skipped, manifest), identifiers=frozenset(identifiers))
 
 
 def _disambiguate_keys(manifest: pd.DataFrame, root: str) -> pd.DataFrame:

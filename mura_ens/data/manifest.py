@@ -22,9 +22,9 @@ import pandas as pd
 
 from ..constants import BODY_PARTS, MANIFEST_COLUMNS, REQUIRED_MANIFEST_COLUMNS, SPLITS
 from ..errors import ManifestError, UsageError
-from ..io import TEXT_ERRORS, atomic_write_csv, check_output_file
+from ..io import TEXT_ERRORS, OutputError, atomic_write_csv, check_output_file, refuse_input_as_output
 from .layout import SKIPPED_COLUMNS, ScanResult, manifest_frame, skipped_frame, unknown_parts, walk_mura
-from .official import OFFICIAL_SPLITS, find_official_csvs, read_official
+from .official import IMAGES_CSV, OFFICIAL_SPLITS, STUDIES_CSV, find_official_csvs, read_official
 
 SKIPPED_NAME = "skipped.csv"
 ROW_CONVENTION = "row numbers count the header as row 1"
@@ -53,7 +53,9 @@ def scan_source(
     if labels is not None:
         from .labels import join_labels
 
-        result = ScanResult(manifest=join_labels(result.manifest, labels), skipped=result.skipped)
+        result = ScanResult(
+            manifest=join_labels(result.manifest, labels), skipped=result.skipped, identifiers=result.identifiers
+        )
     return result
 
 
@@ -209,6 +211,16 @@ def _normalise(raw: pd.DataFrame, base: Path) -> pd.DataFrame:
     return manifest_frame(pd.DataFrame(rows))
 
 
+def manifest_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame``'s ``MANIFEST_COLUMNS`` as written to a manifest CSV (labels ``0``/``1``/empty)."""
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"manifest frame lacks column(s) {', '.join(missing)}")
+    out = frame.loc[:, list(MANIFEST_COLUMNS)].copy()
+    out["label"] = out["label"].astype("Int64").astype("string").fillna("")
+    return out
+
+
 def write_manifest(
     frame: pd.DataFrame,
     path: str | os.PathLike,
@@ -222,13 +234,8 @@ def write_manifest(
     path = Path(path)
     if path.name == SKIPPED_NAME:
         raise UsageError(f"the manifest cannot be named {SKIPPED_NAME}: that file is written beside it")
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"manifest frame lacks column(s) {', '.join(missing)}")
-    out = frame.loc[:, list(MANIFEST_COLUMNS)].copy()
-    out["label"] = out["label"].astype("Int64").astype("string").fillna("")
     skipped = (skipped_frame([]) if skipped is None else skipped).loc[:, list(SKIPPED_COLUMNS)]
-    manifest_path = atomic_write_csv(path, out)
+    manifest_path = atomic_write_csv(path, manifest_table(frame))
     skipped_path = atomic_write_csv(path.parent / SKIPPED_NAME, skipped)
     return manifest_path, skipped_path
 
@@ -282,14 +289,22 @@ def build_manifest(
     An ``out`` that cannot be written (a folder, below a file, no permission)
     is an :class:`~mura_ens.io.OutputError` before the scan.
     """
+    outputs = (out, Path(out).parent / SKIPPED_NAME)
+    refuse_input_as_output(outputs, (source, labels, root, *_source_files(source)), what="the manifest")
+    _refuse_official_name(out, source)
     check_output_file(out, what="the manifest")
     if Path(out).name == SKIPPED_NAME:
         raise UsageError(f"the manifest cannot be named {SKIPPED_NAME}: that file is written beside it")
     result = scan_source(source, root=root, labels=labels)
     if pseudonym_key is not None:
-        from ..pseudonym import Pseudonymizer, identifiers_of
+        from ..pseudonym import Pseudonymizer, identifiers_of, path_roots
 
-        hide = Pseudonymizer(pseudonym_key, identifiers_of(result.manifest, result.skipped))
+        folder = Path(source) if Path(source).is_dir() else Path(source).parent
+        paths = [*result.manifest["path"], *result.skipped["path"]]
+        outside = [p for p in paths if not os.path.abspath(p).startswith(os.path.abspath(folder) + os.sep)]
+        roots = path_roots([folder], outside, [labels] if labels is not None else [])
+        ids = identifiers_of(result.manifest, result.skipped, extra=result.identifiers)
+        hide = Pseudonymizer(pseudonym_key, ids, roots)
         result = ScanResult(manifest=hide.frame(result.manifest), skipped=hide.frame(result.skipped))
     manifest_path, skipped_path = write_manifest(result.manifest, out, result.skipped)
     return {
@@ -302,3 +317,30 @@ def build_manifest(
         "summary": summarize(result.manifest),
         "unknown_parts": unknown_parts(result.manifest),
     }
+
+
+def _source_files(source: str | os.PathLike) -> list[Path]:
+    """The official CSVs a scan of ``source`` may read (in it, its ``MURA-v1.1/``, or beside an official CSV)."""
+    path = Path(source).expanduser()
+    folders = [path.parent] if path.is_file() else [path, path / "MURA-v1.1"]
+    return [
+        csv
+        for folder in folders
+        for entry in find_official_csvs(folder).values()
+        for csv in entry.values()
+        if csv is not None
+    ]
+
+
+def _refuse_official_name(out: str | os.PathLike, source: str | os.PathLike) -> None:
+    """A manifest named like an official CSV (``valid_image_paths.csv``, ...) where a scan of ``source`` looks for
+    them would be read as MURA's own list by every later scan of that tree: refused (one line)."""
+    path = Path(out)
+    official = {name.format(split=split) for split in OFFICIAL_SPLITS for name in (IMAGES_CSV, STUDIES_CSV)}
+    folder = Path(source).expanduser()
+    folders = [folder.parent] if folder.is_file() else [folder, folder / "MURA-v1.1"]
+    if path.name in official and any(os.path.realpath(path.parent) == os.path.realpath(f) for f in folders):
+        raise OutputError(
+            f"the manifest {out} would be read as MURA's official {path.name} by every later scan of {source}; "
+            "choose another name or folder"
+        )

@@ -46,7 +46,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,9 @@ from PIL import Image
 from ..constants import BODY_PARTS
 from ..errors import UsageError
 from ..io import atomic_write_text
+from .synth_mura import KIND_PREVALENCE, KNOBS, MURA_TRAIN_STUDIES, Finding, render_mura
+from .synth_shapes import SHAPES as _SHAPES
+from .synth_shapes import segment_distance as _segment_distance
 
 #: Share of abnormal studies per body part in MURA v1.1 train (rounded).
 ABNORMAL_RATIOS: dict[str, float] = {
@@ -70,6 +73,12 @@ ABNORMAL_RATIOS: dict[str, float] = {
 #: Chance that an image of an abnormal / normal study shows an abnormality.
 FEATURE_RATE_ABNORMAL = 0.85
 FEATURE_RATE_NORMAL = 0.05
+
+#: The ``difficulty`` values: ``mura`` (the default) and ``easy`` (for fast tests).
+DIFFICULTIES = ("mura", "easy")
+#: The ground-truth table written next to the official CSVs (see docs/synthetic.md).
+FINDINGS_CSV = "findings.csv"
+FINDINGS_HEADER = "path,kind,x0,y0,x1,y1\n"
 
 FIRST_TRAIN_PATIENT = 1
 FIRST_VALID_PATIENT = 11185
@@ -92,7 +101,14 @@ class _Study:
     number: int = 0
     n_images: int = 1
     folder_label: int | None = None  # differs from label only for the relabelled study
-    injury: str = ""
+    injury: str = ""  # easy: the injury its images show; mura: unused
+    findings: list = field(default_factory=list)  # mura: the study's findings, [(kind, seed), ...]
+    noisy: bool = False  # mura label noise: the CSV label is the opposite of what the pixels show
+
+    @property
+    def pixel_label(self) -> int:
+        """The label the pixels follow (differs from ``label``, the CSV's, only for label-noise studies)."""
+        return 1 - self.label if self.noisy else self.label
 
     @property
     def folder(self) -> str:
@@ -113,72 +129,144 @@ def make_synthetic_mura(
     quirks: bool = True,
     valid_fraction: float = 0.2,
     overwrite: bool = False,
+    difficulty: str = "mura",
 ) -> dict:
     """Write a synthetic MURA tree under ``out`` and return a summary dict.
+
+    ``difficulty`` is ``"mura"`` (the default: subtle, varied findings among confounders,
+    MURA's per-part study counts with ``studies_per_part`` as their mean, label noise;
+    :mod:`mura_ens.data.synth_mura`) or ``"easy"`` (``studies_per_part`` studies of every
+    part, one obvious injury per abnormal study: fast and learnable, for tests).
+    See ``docs/synthetic.md``.
 
     The summary holds ``out``, ``root`` (the ``MURA-v1.1`` folder), the
     arguments, ``counts[split][part]`` and ``totals[split]`` (studies,
     abnormal, normal, images; labels as in the studies CSV), ``patients``,
     ``shared_patient``, ``quirk_files`` (absolute paths), ``relabelled_study``,
-    ``feature_rates`` (measured share of images showing an abnormality) and
-    ``csv`` (the four CSV paths). It is also written to ``out/synth_summary.json``.
+    ``feature_rates`` (measured share of images showing an abnormality, by the label
+    the pixels follow), ``label_noise`` (study keys whose CSV label is the opposite of
+    what their pixels show), ``findings`` (path of ``findings.csv`` and rows per kind)
+    and ``csv`` (the four official CSV paths). It is also written to ``out/synth_summary.json``.
     An existing non-empty ``out/MURA-v1.1`` is an error unless ``overwrite``.
     """
+    root = _check_arguments(out, studies_per_part, size, valid_fraction, difficulty, overwrite)
+    folder = root.parent
+    rng = np.random.default_rng(seed)
+    if difficulty == "easy":
+        studies = _plan_studies(rng, _easy_counts(studies_per_part), valid_fraction, easy=True)
+    else:
+        studies = _plan_studies(rng, mura_counts(studies_per_part), valid_fraction, easy=False)
+        _plan_mura_findings(rng, studies)
+    if quirks:
+        _plan_relabelled(rng, studies)
+
+    rows, rates = _render_studies(rng, root, studies, size, difficulty)
+    quirk_files = _write_quirk_files(rng, root, studies, size, difficulty) if quirks else {}
+    csv_paths = _write_official_csvs(root, studies)
+    findings_path = atomic_write_text(root / FINDINGS_CSV, "".join([FINDINGS_HEADER, *rows]))
+
+    summary = _summary(folder, root, studies, seed, size, studies_per_part, valid_fraction, quirks)
+    summary["difficulty"] = difficulty
+    summary["quirk_files"] = quirk_files
+    summary["feature_rates"] = rates
+    summary["label_noise"] = [f"{s.split}/{s.part}/{s.patient}/study{s.number}" for s in studies if s.noisy]
+    summary["findings"] = {"path": str(findings_path), "rows": _rows_per_kind(rows)}
+    summary["csv"] = csv_paths
+    atomic_write_text(folder / "synth_summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _check_arguments(
+    out: str | os.PathLike, studies_per_part: int, size: int, valid_fraction: float, difficulty: str, overwrite: bool
+) -> Path:
+    """Refuse bad arguments (UsageError); make an empty ``out/MURA-v1.1`` and return it."""
+    if difficulty not in DIFFICULTIES:
+        raise UsageError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     if studies_per_part < 1:
         raise UsageError(f"studies_per_part must be >= 1, got {studies_per_part}")
     if size < MIN_SIZE:
         raise UsageError(f"size must be >= {MIN_SIZE}, got {size}")
     if not 0.0 <= valid_fraction < 1.0:
         raise UsageError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
-    out = Path(out).absolute()
-    root = out / "MURA-v1.1"
+    root = Path(out).absolute() / "MURA-v1.1"
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise UsageError(f"{root} already exists and is not empty; choose another OUT or pass overwrite")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
+    return root
 
-    rng = np.random.default_rng(seed)
-    studies = _plan_studies(rng, studies_per_part, valid_fraction)
-    if quirks:
-        _plan_relabelled(rng, studies)
 
+def _render_studies(rng: np.random.Generator, root: Path, studies: list[_Study], size: int, difficulty: str):
+    """Write every study's PNGs; return the findings.csv rows and the measured feature rates."""
     shown = {0: 0, 1: 0}
     with_feature = {0: 0, 1: 0}
+    rows: list[str] = []
     for study in studies:
         folder = root / study.folder
         folder.mkdir(parents=True, exist_ok=True)
+        label = study.pixel_label
         for index in range(1, study.n_images + 1):
-            has_feature = rng.random() < (FEATURE_RATE_ABNORMAL if study.label else FEATURE_RATE_NORMAL)
-            pixels = render_image(rng, study.part, size, injury=study.injury if has_feature else "")
+            if difficulty == "easy":
+                has_feature = rng.random() < (FEATURE_RATE_ABNORMAL if label else FEATURE_RATE_NORMAL)
+                pixels, boxes = _render_easy(rng, study.part, size, injury=study.injury if has_feature else "")
+            else:
+                pixels, boxes = _render_mura_view(rng, study, size)
+                has_feature = bool(boxes)
             _save_png(folder / f"image{index}.png", pixels)
-            shown[study.label] += 1
-            with_feature[study.label] += int(has_feature)
-
-    quirk_files = _write_quirk_files(rng, root, studies, size) if quirks else {}
-    csv_paths = _write_official_csvs(root, studies)
-
-    summary = _summary(out, root, studies, seed, size, studies_per_part, valid_fraction, quirks)
-    summary["quirk_files"] = quirk_files
-    summary["feature_rates"] = {
+            rel = f"MURA-v1.1/{study.folder}/image{index}.png"
+            rows.extend(f"{rel},{kind},{x0},{y0},{x1},{y1}\n" for kind, (x0, y0, x1, y1) in boxes)
+            shown[label] += 1
+            with_feature[label] += int(has_feature)
+    rates = {
         "abnormal": with_feature[1] / shown[1] if shown[1] else None,
         "normal": with_feature[0] / shown[0] if shown[0] else None,
     }
-    summary["csv"] = csv_paths
-    atomic_write_text(out / "synth_summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return rows, rates
+
+
+def _rows_per_kind(rows: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        kind = row.split(",")[1]
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 # --------------------------------------------------------------------------- structure
 
 
-def _plan_studies(rng: np.random.Generator, n: int, valid_fraction: float) -> list[_Study]:
-    """Labels, train/valid split (by patient), patient ids and study numbers."""
+def _easy_counts(n: int) -> dict[str, tuple[int, int]]:
+    """``easy``: ``n`` studies of every part, abnormal ones at :data:`ABNORMAL_RATIOS`."""
+    return {part: (n, int(math.floor(ABNORMAL_RATIOS[part] * n + 0.5))) for part in BODY_PARTS}
+
+
+def mura_counts(studies_per_part: int) -> dict[str, tuple[int, int]]:
+    """``mura``: (studies, abnormal) per part in MURA v1.1 train proportions, ``studies_per_part`` their mean.
+
+    A part gets ``round(7 * studies_per_part * its share of MURA's train studies)`` studies
+    (at least 2), of which ``round(its abnormal share * studies)`` abnormal, keeping both
+    classes when it has 2 studies or more. Humerus and forearm stay the scarce parts.
+    """
+    total = sum(sum(pair) for pair in MURA_TRAIN_STUDIES.values())
+    counts = {}
+    for part in BODY_PARTS:
+        normal, abnormal = MURA_TRAIN_STUDIES[part]
+        n = max(2, int(math.floor(len(BODY_PARTS) * studies_per_part * (normal + abnormal) / total + 0.5)))
+        n_abnormal = min(n - 1, max(1, int(math.floor(n * abnormal / (normal + abnormal) + 0.5))))
+        counts[part] = (n, n_abnormal)
+    return counts
+
+
+def _plan_studies(
+    rng: np.random.Generator, counts: dict[str, tuple[int, int]], valid_fraction: float, *, easy: bool
+) -> list[_Study]:
+    """Labels, train/valid split (by patient), patient ids and study numbers (and, ``easy``, injuries)."""
     studies: list[_Study] = []
     next_id = {"train": FIRST_TRAIN_PATIENT, "valid": FIRST_VALID_PATIENT}
     first_train_patient: str | None = None
     for part_index, part in enumerate(BODY_PARTS):
-        n_abnormal = int(math.floor(ABNORMAL_RATIOS[part] * n + 0.5))
+        n, n_abnormal = counts[part]
         labels = np.array([1] * n_abnormal + [0] * (n - n_abnormal))
         rng.shuffle(labels)
         valid_idx = _stratified_pick(rng, labels, _n_valid(n, valid_fraction))
@@ -202,12 +290,35 @@ def _plan_studies(rng: np.random.Generator, n: int, valid_fraction: float) -> li
                 for number, i in enumerate(group, start=1):
                     study = _Study(split=split, part=part, label=int(labels[i]), patient=patient, number=number)
                     study.n_images = int(rng.choice(_IMAGES_PER_STUDY, p=_IMAGES_PER_STUDY_P))
-                    if study.label:
-                        study.injury = str(rng.choice(["fracture", "metal", "both"], p=[0.4, 0.4, 0.2]))
-                    else:  # what a false-positive image of a normal study would show
-                        study.injury = str(rng.choice(["fracture", "metal"]))
+                    if easy:
+                        study.injury = _easy_injury(rng, study.label)
                     studies.append(study)
     return studies
+
+
+def _easy_injury(rng: np.random.Generator, label: int) -> str:
+    if label:
+        return str(rng.choice(["fracture", "metal", "both"], p=[0.4, 0.4, 0.2]))
+    return str(rng.choice(["fracture", "metal"]))  # what a false-positive image of a normal study would show
+
+
+def _plan_mura_findings(rng: np.random.Generator, studies: list[_Study]) -> None:
+    """``mura``: each study's finding kinds and seeds (by its part's prevalences), then the label noise."""
+    for study in studies:
+        prevalence = KIND_PREVALENCE[study.part]
+        kinds = list(prevalence)
+        p = np.array([prevalence[k] for k in kinds])
+        first = str(rng.choice(kinds, p=p / p.sum()))
+        chosen = [first]
+        if study.label and rng.random() < KNOBS.second_finding:
+            rest = [k for k in kinds if k != first and prevalence[k] > 0]
+            q = np.array([prevalence[k] for k in rest])
+            chosen.append(str(rng.choice(rest, p=q / q.sum())))
+        # a normal study keeps one kind: what its rare false-positive images show
+        study.findings = [(kind, int(rng.integers(2**62))) for kind in chosen]
+    for study in studies:
+        if rng.random() < KNOBS.label_noise:
+            study.label, study.noisy = 1 - study.label, True
 
 
 def _n_valid(n: int, valid_fraction: float) -> int:
@@ -240,7 +351,7 @@ def _plan_relabelled(rng: np.random.Generator, studies: list[_Study]) -> None:
         study.folder_label = 1 - study.label
 
 
-def _write_quirk_files(rng: np.random.Generator, root: Path, studies: list[_Study], size: int) -> dict:
+def _write_quirk_files(rng: np.random.Generator, root: Path, studies: list[_Study], size: int, difficulty: str) -> dict:
     quirk_files: dict[str, str] = {}
 
     def pick(split: str, part: str) -> _Study | None:
@@ -258,7 +369,10 @@ def _write_quirk_files(rng: np.random.Generator, root: Path, studies: list[_Stud
     if study is not None:
         study.n_images += 1
         path = root / study.folder / f"image{study.n_images}.png"
-        _save_png(path, render_image(rng, study.part, size, injury=""))
+        if difficulty == "easy":
+            _save_png(path, render_image(rng, study.part, size, injury=""))
+        else:
+            _save_png(path, render_mura(int(rng.integers(2**62)), study.part, size).pixels)
         data = path.read_bytes()
         path.write_bytes(data[: max(60, int(len(data) * 0.6))])
         quirk_files["truncated"] = str(path)
@@ -340,53 +454,28 @@ def _summary(out, root, studies, seed, size, studies_per_part, valid_fraction, q
 
 # --------------------------------------------------------------------------- pixels
 
-# Bone shapes as capsules (x0, y0, x1, y1, radius) in unit coordinates: x, y in
-# [0, 1] across the canvas width / height, radius in units of the shorter side.
-# The first capsule of each part is its "main bone", where injuries go.
-_SHAPES: dict[str, list[tuple[float, float, float, float, float]]] = {
-    "XR_HUMERUS": [(0.5, 0.18, 0.5, 0.84, 0.10), (0.5, 0.13, 0.5, 0.13, 0.17), (0.36, 0.88, 0.64, 0.88, 0.07)],
-    "XR_FOREARM": [(0.40, 0.08, 0.38, 0.92, 0.075), (0.60, 0.08, 0.62, 0.92, 0.06)],
-    "XR_FINGER": [(0.5, 0.40, 0.5, 0.62, 0.10), (0.5, 0.08, 0.5, 0.35, 0.11), (0.5, 0.67, 0.5, 0.86, 0.09)],
-    "XR_HAND": [
-        (0.30, 0.70, 0.70, 0.70, 0.17),
-        (0.22, 0.60, 0.10, 0.30, 0.05),
-        (0.37, 0.56, 0.33, 0.10, 0.05),
-        (0.50, 0.55, 0.50, 0.06, 0.05),
-        (0.63, 0.56, 0.68, 0.10, 0.05),
-        (0.78, 0.62, 0.90, 0.35, 0.05),
-    ],
-    "XR_WRIST": [
-        (0.40, 0.55, 0.38, 0.97, 0.10),
-        (0.64, 0.58, 0.66, 0.97, 0.065),
-        (0.36, 0.40, 0.36, 0.40, 0.08),
-        (0.52, 0.38, 0.52, 0.38, 0.08),
-        (0.66, 0.41, 0.66, 0.41, 0.07),
-        (0.44, 0.27, 0.60, 0.27, 0.07),
-        (0.35, 0.03, 0.37, 0.18, 0.045),
-        (0.50, 0.02, 0.50, 0.17, 0.045),
-        (0.65, 0.03, 0.63, 0.18, 0.045),
-    ],
-    "XR_ELBOW": [
-        (0.50, 0.0, 0.50, 0.44, 0.11),
-        (0.50, 0.50, 0.50, 0.50, 0.15),
-        (0.47, 0.56, 0.70, 1.0, 0.07),
-        (0.57, 0.54, 0.85, 0.95, 0.06),
-    ],
-    "XR_SHOULDER": [
-        (0.44, 0.40, 0.50, 1.0, 0.11),
-        (0.44, 0.34, 0.44, 0.34, 0.19),
-        (0.74, 0.12, 0.76, 0.66, 0.06),
-        (0.05, 0.12, 0.95, 0.07, 0.045),
-    ],
-}
+
+def _render_mura_view(rng: np.random.Generator, study: _Study, size: int):
+    """One ``mura`` view of ``study``: each of its findings shows with the visible rate of its pixel label."""
+    rate = KNOBS.visible_rate if study.pixel_label else KNOBS.normal_finding_rate
+    image_seed = int(rng.integers(2**62))
+    strength = float(rng.uniform(*KNOBS.strength))
+    findings = [Finding(kind, seed, strength) for kind, seed in study.findings if rng.random() < rate]
+    rendered = render_mura(image_seed, study.part, size, findings)
+    return rendered.pixels, rendered.boxes
 
 
 def render_image(rng: np.random.Generator, part: str, size: int, *, injury: str = "") -> np.ndarray:
-    """One synthetic radiograph of ``part``: a 2-D (gray) or 3-D (RGB) uint8 array.
+    """One ``easy`` synthetic radiograph of ``part``: a 2-D (gray) or 3-D (RGB) uint8 array.
 
     ``injury`` is ``""`` (normal), ``"fracture"``, ``"metal"`` or ``"both"``.
-    The longest side is ``size``.
+    The longest side is ``size``. (The ``mura`` renderer is :func:`mura_ens.data.synth_mura.render_mura`.)
     """
+    return _render_easy(rng, part, size, injury=injury)[0]
+
+
+def _render_easy(rng: np.random.Generator, part: str, size: int, *, injury: str = ""):
+    """:func:`render_image`, plus the boxes of what it drew: ``[(kind, (x0, y0, x1, y1)), ...]``."""
     short = int(round(size * rng.uniform(0.6, 1.0)))
     height, width = (size, short) if rng.random() < 0.75 else (short, size)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -431,6 +520,7 @@ def render_image(rng: np.random.Generator, part: str, size: int, *, injury: str 
     axis = ((bx - ax) / length, (by - ay) / length) if length > 1e-6 else (0.0, 1.0)
     t = rng.uniform(0.3, 0.7)
     cx, cy = ax + t * (bx - ax), ay + t * (by - ay)
+    boxes: list[tuple[str, np.ndarray]] = []
     if injury in ("fracture", "both"):
         # A dark oblique line across the main bone, only where there is bone.
         turn = math.radians(90 + rng.choice([-1, 1]) * rng.uniform(15, 35))
@@ -443,14 +533,21 @@ def render_image(rng: np.random.Generator, part: str, size: int, *, injury: str 
         thickness = max(2.0, 0.06 * size)
         crack = np.clip((thickness / 2 - dist) / 0.8 + 0.5, 0, 1) * (bone > 0.3)
         image = image * (1 - 0.85 * crack)
+        boxes.append(("fracture", crack > 0))
     if injury in ("metal", "both"):
-        image = _add_metal(image, rng, (xx, yy), (cx, cy), axis, max(length, radius), size)
+        image, metal = _add_metal(image, rng, (xx, yy), (cx, cy), axis, max(length, radius), size)
+        boxes.append(("hardware", metal > 0))
 
     image = image + rng.normal(0, 4.0, size=image.shape).astype(np.float32)
     pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     if rng.random() < _RGB_SHARE:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    return pixels
+    return pixels, [(kind, _mask_box(mask)) for kind, mask in boxes if mask.any()]
+
+
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(mask)
+    return int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
 
 
 def _add_metal(
@@ -461,8 +558,8 @@ def _add_metal(
     axis: tuple[float, float],
     extent: float,
     size: int,
-) -> np.ndarray:
-    """Bright hardware: a screw head (disc) on the bone, sometimes a plate along it."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bright hardware (and its mask): a screw head (disc) on the bone, sometimes a plate along it."""
     xx, yy = grid
     cx, cy = centre
     along = rng.uniform(-0.25, 0.25) * extent
@@ -475,17 +572,7 @@ def _add_metal(
             xx, yy, mx - reach * axis[0], my - reach * axis[1], mx + reach * axis[0], my + reach * axis[1]
         )
         metal = np.maximum(metal, np.clip(0.025 * size - plate + 0.5, 0, 1))
-    return np.maximum(image, metal * rng.uniform(245, 255))
-
-
-def _segment_distance(xx: np.ndarray, yy: np.ndarray, ax: float, ay: float, bx: float, by: float) -> np.ndarray:
-    """Distance of every pixel centre to the segment a-b."""
-    vx, vy = bx - ax, by - ay
-    length2 = vx * vx + vy * vy
-    if length2 < 1e-9:
-        return np.hypot(xx - ax, yy - ay)
-    t = np.clip(((xx - ax) * vx + (yy - ay) * vy) / length2, 0.0, 1.0)
-    return np.hypot(xx - (ax + t * vx), yy - (ay + t * vy))
+    return np.maximum(image, metal * rng.uniform(245, 255)), metal
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:

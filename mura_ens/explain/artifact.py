@@ -21,6 +21,7 @@ Nothing here imports TensorFlow or onnxruntime: export writes with :func:`write_
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Mapping
@@ -37,7 +38,9 @@ from .graph import LAYOUTS
 
 #: The format version written; readers refuse a newer one. 2: the explain graph is rebuilt from model.onnx
 #: (``feature_tensor``/``feature_layout``) unless ``graph_file`` names a separate one; 1: always ``graph_file``.
-EXPLAIN_VERSION = 2
+#: 3: the head may be a graph of spatial layers from an inner feature map, reading side inputs (``sides``);
+#: ``target`` records the target-layer rule's choice.
+EXPLAIN_VERSION = 3
 #: ``method``: class activation map (pooling -> one dense unit: the dense kernel weighs the channels) or
 #: Grad-CAM (channel weights = spatial mean of the logit's gradient, computed by the NumPy backward pass).
 METHODS: tuple[str, ...] = ("cam", "gradcam")
@@ -70,6 +73,8 @@ class ExplainSpec:
     checks: Mapping[str, Any] = field(default_factory=dict)
     feature_tensor: str | None = None
     feature_layout: str | None = None
+    sides: tuple[Mapping[str, Any], ...] = ()  # side inputs: tensor, layout, shape, output (ONNX names)
+    target: Mapping[str, Any] = field(default_factory=dict)  # the rule's layer, its shape, a fallback's reason
 
     @property
     def graph_file(self) -> str | None:
@@ -91,6 +96,8 @@ class ExplainSpec:
             "graph_file": self.graph_file,
             "feature_tensor": self.feature_tensor,
             "feature_layout": self.feature_layout,
+            "sides": [dict(side) for side in self.sides],
+            "target": dict(self.target),
             "weights_file": EXPLAIN_WEIGHTS_FILE,
             "input_name": self.input_name,
             "feature_output": self.feature_output,
@@ -134,7 +141,21 @@ class ExplainSpec:
             checks=dict(data.get("checks") or {}),
             feature_tensor=None if tensor is None else str(tensor),
             feature_layout=None if tensor is None else str(layout),
+            sides=tuple(_side(side) for side in data.get("sides") or ()),
+            target=dict(data.get("target") or {}),
         )
+
+
+def _side(side: Mapping[str, Any]) -> dict[str, Any]:
+    """A side input of ``explain.json``, checked: ``tensor``, ``layout``, ``shape`` [h, w, C], ``output``."""
+    if side["layout"] not in LAYOUTS or len(side["shape"]) != 3:
+        raise ValueError(f"malformed side input {dict(side)!r}")
+    return {
+        "tensor": str(side["tensor"]),
+        "layout": str(side["layout"]),
+        "shape": [int(v) for v in side["shape"]],
+        "output": str(side["output"]),
+    }
 
 
 def unsupported_json(reason: str, *, model_sha256: str, feature_layer: str | None = None) -> dict[str, Any]:
@@ -171,7 +192,8 @@ def write_artifact(
     arrays: dict[str, Any] = {key: np.asarray(value, dtype=np.float32) for key, value in weights.items()}
     np.savez(buffer, **arrays)
     atomic_write_bytes(run_dir / EXPLAIN_WEIGHTS_FILE, buffer.getvalue())
-    return atomic_write_json(run_dir / EXPLAIN_FILE, spec.to_json())
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()  # binds explain.npz to this description (read_spec)
+    return atomic_write_json(run_dir / EXPLAIN_FILE, {**spec.to_json(), "weights_sha256": digest})
 
 
 def write_unsupported(run_dir: str | Path, reason: str, *, feature_layer: str | None = None) -> Path:
@@ -213,7 +235,65 @@ def read_spec(model_path: str | Path) -> ExplainSpec:
             f"{path} is malformed ({type(exc).__name__}: {exc}): run `mura-ens export {folder}`"
         ) from None
     _check_link(model_path, spec)
+    _check_digests(folder, data)
     return spec
+
+
+def _check_digests(folder: Path, data: Mapping[str, Any]) -> None:
+    """``explain.npz`` must be the file ``explain.json`` recorded (``weights_sha256``).
+
+    Artifacts written before the digest was recorded have none; the forward check at load
+    (:func:`check_forward`) binds their head (and a separate ``explain.onnx.bin``) to the model."""
+    for key, name in (("weights_sha256", EXPLAIN_WEIGHTS_FILE),):
+        expected = data.get(key)
+        if not expected or not (folder / name).exists():  # a missing file is said by whoever loads it
+            continue
+        try:
+            digest = file_sha256(folder / name)
+        except OSError as exc:
+            raise CannotExplain(
+                f"cannot read {folder / name} ({exc.strerror or exc}): run `mura-ens export {folder}` to rewrite it"
+            ) from None
+        if digest != expected:
+            raise CannotExplain(
+                f"{name} is not the file {EXPLAIN_FILE} was written with (sha256 differs: swapped or damaged "
+                f"since): run `mura-ens export {folder}` to rewrite it"
+            )
+
+
+#: Largest |p_head - p_model| the load-time forward check accepts (export checks 1e-4 on real images).
+FORWARD_TOLERANCE = 1e-3
+
+
+def probe_images(size: int) -> np.ndarray:
+    """Two fixed images (a grey ramp and seeded noise), uint8 (2, size, size, 3): the load-time forward check's input."""
+    ramp = np.linspace(0, 255, size * size * 3).reshape(size, size, 3)
+    noise = np.random.default_rng(20231207).integers(0, 256, (size, size, 3))
+    return np.stack([ramp, noise]).astype(np.uint8)
+
+
+def check_forward(
+    probabilities: np.ndarray, head_logits: np.ndarray, model_probabilities: np.ndarray | None, where: Path
+) -> None:
+    """Bind the head to its model: the NumPy head's sigmoid(logit) (and the explain graph's probability) must equal
+    the model's own probability on :func:`probe_images`, within :data:`FORWARD_TOLERANCE`; NaN never passes.
+
+    ``probabilities``: the explain graph's probability output; ``head_logits``: the head's logits of the graph's
+    feature maps; ``model_probabilities``: ``model.onnx``'s own output when the graph is a separate file (None when
+    the graph is ``model.onnx`` plus an output, whose probability is the model's by construction).
+    Raises :class:`CannotExplain` naming the artifact and the fix.
+    """
+    graph = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    head = 0.5 * (1.0 + np.tanh(0.5 * np.asarray(head_logits, dtype=np.float64).reshape(-1)))
+    own = graph if model_probabilities is None else np.asarray(model_probabilities, dtype=np.float64).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        worst = float(np.max(np.abs(np.concatenate([head - own, graph - own])), initial=0.0))
+    if not np.isfinite(worst) or worst > FORWARD_TOLERANCE or not np.isfinite(head).all():
+        shown = "NaN" if not np.isfinite(worst) or not np.isfinite(head).all() else f"{worst:.3g}"
+        raise CannotExplain(
+            f"the explain artifact in {where} does not reproduce its model's probability (max |diff| {shown} > "
+            f"{FORWARD_TOLERANCE:g}: head weights of another model, or damaged): run `mura-ens export {where}`"
+        )
 
 
 def _missing_reason(model_path: Path) -> str:

@@ -79,35 +79,47 @@ class Explainer:
 
     def features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Feature maps (N, h, w, C) float32 and probabilities (N,) float64 of ``images`` (N, S, S, 3)."""
+        features, _, probs = self.inputs(images)
+        return features, probs
+
+    def inputs(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Feature maps (N, h, w, C), the head's side inputs (each (N, h', w', C'), none for most heads) and the
+        probabilities (N,) of ``images`` (N, S, S, 3), in one ONNX Runtime pass per batch."""
         batch = self._checked(images)
-        features, probs = [], []
+        names = [self.spec.feature_output, *(str(side["output"]) for side in self.spec.sides)]
+        parts: list[list[np.ndarray]] = [[] for _ in names]
+        probs = []
         for start in range(0, len(batch), BATCH_SIZE):
             chunk = np.ascontiguousarray(batch[start : start + BATCH_SIZE], dtype=np.float32)
-            a, p = self.session.run(
-                [self.spec.feature_output, self.spec.probability_output], {self.spec.input_name: chunk}
-            )
-            features.append(np.asarray(a, dtype=np.float32))
+            *values, p = self.session.run([*names, self.spec.probability_output], {self.spec.input_name: chunk})
+            for store, value in zip(parts, values, strict=True):
+                store.append(np.asarray(value, dtype=np.float32))
             probs.append(np.asarray(p, dtype=np.float64).reshape(len(chunk), -1)[:, 0])
-        h, w, c = self.spec.feature_shape
-        if not features:
-            return np.zeros((0, h, w, c), np.float32), np.zeros(0, np.float64)
-        return np.concatenate(features), np.concatenate(probs)
+        if not probs:
+            shapes = [self.spec.feature_shape, *(tuple(side["shape"]) for side in self.spec.sides)]
+            empty = [np.zeros((0, *shape), np.float32) for shape in shapes]
+            return empty[0], empty[1:], np.zeros(0, np.float64)
+        arrays = [np.concatenate(store) for store in parts]
+        return arrays[0], arrays[1:], np.concatenate(probs)
 
-    def channel_weights(self, features: np.ndarray) -> np.ndarray:
-        """``alpha`` (N, C): the dense kernel over h*w for ``cam``, else the spatial mean of the logit's gradient."""
+    def channel_weights(self, features: np.ndarray, sides: list[np.ndarray] | None = None) -> np.ndarray:
+        """``alpha`` (N, C): the dense kernel over h*w for ``cam``, else the spatial mean of the logit's gradient
+        (``sides``: the head's side inputs from :meth:`inputs`, for a head that reads any)."""
         if self.method == "cam":
             dense = next(i for i, layer in enumerate(self.head.layers) if layer["kind"] == "dense")
             kernel = self.head.weight(dense, "kernel")[:, 0]
             area = features.shape[1] * features.shape[2]
             return np.broadcast_to(kernel / area, (len(features), len(kernel)))
-        _, gradients = self.head.gradients(features)
+        if len(sides or []) != len(self.spec.sides):
+            raise ValueError(f"this head reads {len(self.spec.sides)} side input(s): pass those of inputs(images)")
+        _, gradients = self.head.gradients(features, sides or [])
         return gradients.mean(axis=(1, 2))
 
     def heatmaps(self, images: np.ndarray) -> Heatmaps:
         """Raw maps (N, h, w) and probabilities (N,) of ``images``: uint8, or float32 in 0-255, (N, S, S, 3)
         with S = :attr:`input_size` -- exactly what the scorer feeds the model."""
-        features, probabilities = self.features(images)
-        maps = grad_cam(features, self.channel_weights(features))
+        features, sides, probabilities = self.inputs(images)
+        maps = grad_cam(features, self.channel_weights(features, sides))
         return Heatmaps(probabilities=probabilities, maps=maps)
 
     def _checked(self, images: np.ndarray) -> np.ndarray:
@@ -145,9 +157,38 @@ def load_explainer(model_path: str | Path) -> Explainer:
         raise CannotExplain(f"cannot load {graph} ({reason}): run `mura-ens export {folder}` to rewrite it") from None
     outputs = {o.name for o in session.get_outputs()}
     inputs = [i.name for i in session.get_inputs()]
-    if {spec.feature_output, spec.probability_output} - outputs or inputs != [spec.input_name]:
+    wanted = {spec.feature_output, spec.probability_output, *(str(side["output"]) for side in spec.sides)}
+    if wanted - outputs or inputs != [spec.input_name]:
         raise CannotExplain(f"{graph} does not have the inputs/outputs its explain.json names")
-    return Explainer(spec, head, session, model_path)
+    explainer = Explainer(spec, head, session, model_path)
+    _check_forward(explainer)
+    return explainer
+
+
+def _check_forward(explainer: Explainer) -> None:
+    """The artifact's head must reproduce the model's own probability (:func:`~.artifact.check_forward`)."""
+    from .artifact import check_forward, probe_images
+
+    spec, folder = explainer.spec, explainer.model_path.parent
+    try:
+        images = probe_images(spec.input_size)
+        features, sides, probs = explainer.inputs(images)
+        logits = explainer.head.logits(features, sides)
+        own = None
+        fp32 = fp32_model(explainer.model_path)
+        if spec.feature_tensor is None and fp32.is_file():  # a separate explain graph: against model.onnx's own
+            from ..onnx.inference import cpu_session
+
+            model = cpu_session(fp32.read_bytes())
+            own = model.run(None, {model.get_inputs()[0].name: images.astype(np.float32)})[0]
+    except CannotExplain:
+        raise
+    except Exception as exc:  # a head that cannot even run on its own feature maps
+        raise CannotExplain(
+            f"the explain artifact in {folder} fails on a probe image ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): run `mura-ens export {folder}`"
+        ) from None
+    check_forward(probs, logits, own, folder)
 
 
 def explain_graph_bytes(model_path: Path, spec: ExplainSpec) -> bytes:
@@ -168,7 +209,9 @@ def explain_graph_bytes(model_path: Path, spec: ExplainSpec) -> bytes:
     model_bytes = fp32.read_bytes()
     if hashlib.sha256(model_bytes).hexdigest() != spec.model_sha256:  # replaced since read_spec checked it
         raise CannotExplain(f"{fp32} changed while loading: run `mura-ens export {model_path.parent}` to renew it")
-    return rebuild_explain_graph(model_bytes, spec.feature_tensor, spec.feature_layout, spec.feature_shape)
+    return rebuild_explain_graph(
+        model_bytes, spec.feature_tensor, spec.feature_layout, spec.feature_shape, sides=spec.sides
+    )
 
 
 def _load_head(path: Path, spec: ExplainSpec) -> Head:
@@ -176,8 +219,13 @@ def _load_head(path: Path, spec: ExplainSpec) -> Head:
         with np.load(path) as data:
             weights = {key: np.asarray(data[key], dtype=np.float64) for key in data.files}
         check_layers(spec.layers, weights)
-    except (OSError, ValueError) as exc:
+        bad = sorted(key for key, value in weights.items() if not np.isfinite(value).all())
+        if bad:
+            raise ValueError(f"NaN or infinite values in {', '.join(bad[:3])}")
+    except Exception as exc:  # truncated zip (BadZipFile), missing keys, NaN: one reason line, never a traceback
+        reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (OSError, ValueError)) else str(exc)
         raise CannotExplain(
-            f"{path} is missing or unusable ({exc}): run `mura-ens export {path.parent}` to rewrite it"
+            f"{path} is missing or unusable ({reason.splitlines()[0] if reason else type(exc).__name__}): "
+            f"run `mura-ens export {path.parent}` to rewrite it"
         ) from None
     return Head(layers=spec.layers, weights=weights)

@@ -14,6 +14,7 @@ export and by :func:`rebuild_explain_graph` when scoring loads the run's ``model
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,49 +62,70 @@ def _candidates(proto: Any, shape: tuple[int, int, int]) -> list[tuple[Any, tupl
     return found
 
 
-def add_feature_output(model_bytes: bytes, features: np.ndarray, images: np.ndarray) -> ExplainGraph | None:
-    """``model.onnx`` (bytes) with the tensor equal to ``features`` (N, h, w, C, the Keras feature map of
-    ``images``) added as an (N, h, w, C) output; None when no tensor of the graph matches."""
+def find_tensors(
+    model_bytes: bytes, arrays: list[np.ndarray], images: np.ndarray
+) -> list[tuple[str, str, float]] | None:
+    """For each of ``arrays`` (N, h, w, C: Keras values on ``images``), the tensor of ``model.onnx`` holding the
+    same values: ``(name, layout, max |difference|)``; None when one of them has no match."""
     import onnx
 
     from ..onnx.inference import cpu_session
 
     proto = onnx.load_model_from_string(model_bytes)
-    h, w, c = (int(d) for d in features.shape[1:])
-    candidates = _candidates(proto, (h, w, c))
-    if not candidates:
+    wanted = [_candidates(proto, tuple(int(d) for d in a.shape[1:])) for a in arrays]  # type: ignore[arg-type]
+    infos = {info.name: info for found in wanted for info, _ in found}
+    if not all(wanted):
         return None
     probe = onnx.load_model_from_string(model_bytes)
-    probe.graph.output.extend(info for info, _ in candidates)
+    probe.graph.output.extend(infos.values())
     session = cpu_session(probe.SerializeToString())
-    outputs = session.run([info.name for info, _ in candidates], {session.get_inputs()[0].name: images})
-    scale = max(1.0, float(np.max(np.abs(features))))
-    best: tuple[float, Any, str] | None = None
-    for (info, layouts), value in zip(candidates, outputs, strict=True):
-        for layout in layouts:
-            nhwc = np.asarray(value).transpose(0, 2, 3, 1) if layout == "nchw" else np.asarray(value)
-            diff = float(np.max(np.abs(nhwc - features))) if nhwc.shape == features.shape else np.inf
-            if np.isfinite(diff) and diff <= MATCH_TOLERANCE * scale and (best is None or diff < best[0]):
-                best = (diff, info, layout)
-    if best is None:
+    values = dict(zip(infos, session.run(list(infos), {session.get_inputs()[0].name: images}), strict=True))
+    matches: list[tuple[str, str, float]] = []
+    for array, found in zip(arrays, wanted, strict=True):
+        scale = max(1.0, float(np.max(np.abs(array))))
+        best: tuple[float, str, str] | None = None
+        for info, layouts in found:
+            for layout in layouts:
+                value = np.asarray(values[info.name])
+                nhwc = value.transpose(0, 2, 3, 1) if layout == "nchw" else value
+                diff = float(np.max(np.abs(nhwc - array))) if nhwc.shape == array.shape else np.inf
+                if np.isfinite(diff) and diff <= MATCH_TOLERANCE * scale and (best is None or diff < best[0]):
+                    best = (diff, info.name, layout)
+        if best is None:
+            return None
+        matches.append((best[1], best[2], best[0]))
+    return matches
+
+
+def add_feature_output(model_bytes: bytes, features: np.ndarray, images: np.ndarray) -> ExplainGraph | None:
+    """``model.onnx`` (bytes) with the tensor equal to ``features`` (N, h, w, C, the Keras feature map of
+    ``images``) added as an (N, h, w, C) output; None when no tensor of the graph matches."""
+    import onnx
+
+    found = find_tensors(model_bytes, [features], images)
+    if found is None:
         return None
-    diff, info, layout = best
-    name = with_feature_output(proto, info.name, layout, (h, w, c))
+    ((tensor, layout, diff),) = found
+    proto = onnx.load_model_from_string(model_bytes)
+    h, w, c = (int(d) for d in features.shape[1:])
+    name = with_feature_output(proto, tensor, layout, (h, w, c))
     return ExplainGraph(
         proto=proto,
         feature_output=name,
         probability_output=proto.graph.output[0].name,
         source=FROM_MODEL,
         match_max_abs_diff=diff,
-        feature_tensor=info.name,
+        feature_tensor=tensor,
         layout=layout,
     )
 
 
-def with_feature_output(proto: Any, tensor: str, layout: str, shape: tuple[int, int, int]) -> str:
+def with_feature_output(
+    proto: Any, tensor: str, layout: str, shape: tuple[int, int, int], transposed: str = FEATURE_OUTPUT
+) -> str:
     """Add ``tensor`` of ``proto`` (held in ``layout``, feature map (h, w, C) = ``shape``) as its last output,
-    (N, h, w, C), transposed when the graph holds it channels-first; return the output's name.
-    ``ValueError`` when the graph makes no such tensor or ``layout`` is unknown."""
+    (N, h, w, C), transposed (as output ``transposed``) when the graph holds it channels-first; return the
+    output's name. ``ValueError`` when the graph makes no such tensor or ``layout`` is unknown."""
     import onnx
     from onnx import helper
 
@@ -114,17 +136,32 @@ def with_feature_output(proto: Any, tensor: str, layout: str, shape: tuple[int, 
     h, w, c = shape
     name = tensor
     if layout == "nchw":
-        proto.graph.node.append(helper.make_node("Transpose", [tensor], [FEATURE_OUTPUT], perm=[0, 2, 3, 1]))
-        name = FEATURE_OUTPUT
+        proto.graph.node.append(helper.make_node("Transpose", [tensor], [transposed], perm=[0, 2, 3, 1]))
+        name = transposed
     proto.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", h, w, c]))
     return name
 
 
-def rebuild_explain_graph(model_bytes: bytes, tensor: str, layout: str, shape: tuple[int, int, int]) -> bytes:
-    """The explain graph (serialized) of ``model_bytes`` (the run's fp32 ``model.onnx``), as
-    :func:`add_feature_output` made it at export from the tensor, layout and shape ``explain.json`` records."""
+def side_output_name(index: int) -> str:
+    """The name of side input ``index``'s added output when the graph holds it channels-first."""
+    return f"explain_side_{index}"
+
+
+def rebuild_explain_graph(
+    model_bytes: bytes,
+    tensor: str,
+    layout: str,
+    shape: tuple[int, int, int],
+    sides: Sequence[Mapping[str, Any]] = (),
+) -> bytes:
+    """The explain graph (serialized) of ``model_bytes`` (the run's fp32 ``model.onnx``), as export made it from
+    the tensor, layout and shape ``explain.json`` records, and the side inputs (``tensor``, ``layout``,
+    ``shape`` each), added as outputs after the feature map."""
     import onnx
 
     proto = onnx.load_model_from_string(model_bytes)
     with_feature_output(proto, tensor, layout, shape)
+    for index, side in enumerate(sides):
+        h, w, c = (int(v) for v in side["shape"])
+        with_feature_output(proto, str(side["tensor"]), str(side["layout"]), (h, w, c), side_output_name(index))
     return proto.SerializeToString()

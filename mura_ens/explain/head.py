@@ -1,8 +1,11 @@
 """The model's head in NumPy: forward to the abnormal logit and its gradient with respect to the feature map.
 
-The head is the chain of layers between the feature map (N, h, w, C) and the final sigmoid, stored in
-``explain.json`` (``layers``, forward order) and ``explain.npz`` (weights, keys ``"<i>.<name>"``). Supported
-layer kinds (anything else makes export record the model as not explainable):
+The head is the layers between the feature map (N, h, w, C) and the final sigmoid, stored in
+``explain.json`` (``layers``, forward order) and ``explain.npz`` (weights, keys ``"<i>.<name>"``). A layer
+reads the previous one's output, or the sources its ``inputs`` entry lists (:func:`layer_inputs`): the
+feature map, a side input (a tensor that does not depend on the feature map, which ONNX Runtime computes
+with it), or an earlier layer's output -- a graph, e.g. feedforward_cnn's concatenations. Supported layer
+kinds (anything else makes export record the model as not explainable, or fall back to the last map):
 
 ``global_average_pooling`` / ``global_max_pooling``
     Mean / max over h and w (rank 4 -> 2). The max's gradient is shared equally among tied maxima, as
@@ -19,6 +22,9 @@ layer kinds (anything else makes export record the model as not explainable):
     ``relu`` (Keras' ``ReLU``/``LeakyReLU`` layers).
 ``dropout``
     Identity (inference).
+``conv2d``, ``max_pooling``, ``average_pooling``, ``zero_padding``, ``concatenate``, ``add``
+    Keras' ``Conv2D`` (with its ``activation``), ``MaxPooling2D``, ``AveragePooling2D``, ``ZeroPadding2D``,
+    ``Concatenate`` (channel axis) and ``Add`` (:mod:`mura_ens.explain.spatial`).
 
 Computation is in float64. Derivatives at kinks follow TensorFlow (ReLU's gradient at exactly 0 is 0).
 """
@@ -31,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from . import spatial
+
 LAYER_KINDS: tuple[str, ...] = (
     "global_average_pooling",
     "global_max_pooling",
@@ -39,6 +47,12 @@ LAYER_KINDS: tuple[str, ...] = (
     "batch_normalization",
     "activation",
     "dropout",
+    "conv2d",
+    "max_pooling",
+    "average_pooling",
+    "zero_padding",
+    "concatenate",
+    "add",
 )
 
 
@@ -120,9 +134,25 @@ def supported_activation(name: str) -> bool:
     return name in ACTIVATIONS or name in ("relu", "relu6", "leaky_relu")
 
 
+#: Where a layer's input comes from (``inputs`` in its entry): the feature map, a side input, or a layer's output.
+FEATURE = "feature"
+SIDE = "side:"
+
+
+def layer_inputs(index: int, layer: Mapping[str, Any]) -> list[Any]:
+    """The sources of layer ``index``'s inputs: its ``inputs`` entry, else the previous layer (the feature map
+    for the first): ``"feature"``, ``"side:<j>"`` (the j-th side input) or an earlier layer's index."""
+    inputs = layer.get("inputs")
+    if inputs is None:
+        return [FEATURE if index == 0 else index - 1]
+    return list(inputs)
+
+
 @dataclass(frozen=True)
 class Head:
-    """The head's layers (forward order) and their float64 weights; see the module docstring."""
+    """The layers between the feature map and the logit (forward order) and their float64 weights; see the
+    module docstring. ``sides``: the side inputs (tensors the layers read that do not depend on the feature
+    map), in the order of ``side:<j>``."""
 
     layers: tuple[Mapping[str, Any], ...]
     weights: Mapping[str, np.ndarray]
@@ -131,37 +161,81 @@ class Head:
         """Weight ``name`` of layer ``index`` (float64)."""
         return self.weights[f"{index}.{name}"]
 
-    def logits(self, features: np.ndarray) -> np.ndarray:
-        """The abnormal logit (N,) of feature maps (N, h, w, C)."""
-        x = np.asarray(features, dtype=np.float64)
-        for index, layer in enumerate(self.layers):
-            x, _ = self._forward(index, layer, x)
-        return x.reshape(len(x), -1)[:, 0]
+    def logits(self, features: np.ndarray, sides: Sequence[np.ndarray] = ()) -> np.ndarray:
+        """The abnormal logit (N,) of feature maps (N, h, w, C) (and the side inputs, when the head reads any)."""
+        outputs, _ = self._run(features, sides)
+        return outputs[-1].reshape(len(outputs[-1]), -1)[:, 0]
 
-    def gradients(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def gradients(self, features: np.ndarray, sides: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
         """The logits (N,) and d logit / d features (N, h, w, C), by the chain rule backwards through the head."""
-        x = np.asarray(features, dtype=np.float64)
-        backward: list[Callable[[np.ndarray], np.ndarray]] = []
-        for index, layer in enumerate(self.layers):
-            x, back = self._forward(index, layer, x)
-            backward.append(back)
-        logits = x.reshape(len(x), -1)
+        outputs, backward = self._run(features, sides)
+        logits = outputs[-1].reshape(len(outputs[-1]), -1)
         if logits.shape[1] != 1:
             raise ValueError(f"the head ends in {logits.shape[1]} units; one abnormal logit is expected")
-        grad = np.ones_like(x)
-        for back in reversed(backward):
-            grad = back(grad)
-        return logits[:, 0], grad
+        grads: dict[Any, np.ndarray] = {len(self.layers) - 1: np.ones_like(outputs[-1])}
+        for index in reversed(range(len(self.layers))):
+            if index not in grads:  # an output the logit does not depend on
+                continue
+            back = backward[index](grads.pop(index))
+            parts = back if isinstance(back, list) else [back]
+            for source, part in zip(layer_inputs(index, self.layers[index]), parts, strict=True):
+                if source == FEATURE or isinstance(source, int):
+                    grads[source] = grads[source] + part if source in grads else part
+        feature = np.asarray(features, dtype=np.float64)
+        return logits[:, 0], grads.get(FEATURE, np.zeros_like(feature))
 
-    def _forward(
-        self, index: int, layer: Mapping[str, Any], x: np.ndarray
-    ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-        """One layer: its output and the function mapping the output's gradient to the input's."""
+    def _run(self, features: np.ndarray, sides: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[Any]]:
+        """Every layer's output and backward function, in forward order."""
+        feature = np.asarray(features, dtype=np.float64)
+        side = [np.asarray(s, dtype=np.float64) for s in sides]
+        outputs: list[np.ndarray] = []
+        backward: list[Any] = []
+        for index, layer in enumerate(self.layers):
+            inputs = [self._source(source, feature, side, outputs) for source in layer_inputs(index, layer)]
+            value, back = self._forward(index, layer, inputs)
+            outputs.append(value)
+            backward.append(back)
+        return outputs, backward
+
+    @staticmethod
+    def _source(source: Any, feature: np.ndarray, sides: Sequence[np.ndarray], outputs: Sequence[np.ndarray]):
+        if source == FEATURE:
+            return feature
+        if isinstance(source, str) and source.startswith(SIDE):
+            return sides[int(source[len(SIDE) :])]
+        return outputs[int(source)]
+
+    def _forward(self, index: int, layer: Mapping[str, Any], inputs: list[np.ndarray]) -> tuple[np.ndarray, Any]:
+        """One layer: its output and the function mapping the output's gradient to the input's (a list of
+        gradients, one per input, for ``concatenate``/``add``)."""
         kind = layer["kind"]
+        if kind in ("concatenate", "add"):
+            return (spatial.concatenate if kind == "concatenate" else spatial.add)(inputs)
+        x = inputs[0]
         if kind == "dense":
             kernel, bias = self.weight(index, "kernel"), self.weight(index, "bias")
             value, slope = activation(x @ kernel + bias, layer)
             return value, lambda g: (g * slope) @ kernel.T
+        if kind == "conv2d":
+            z, back = spatial.conv2d(
+                x,
+                self.weight(index, "kernel"),
+                self.weight(index, "bias"),
+                strides=layer["strides"],
+                padding=layer["padding"],
+            )
+            value, slope = activation(z, layer)
+            return value, lambda g: back(g * slope)
+        if kind in ("max_pooling", "average_pooling"):
+            return spatial.pooling(
+                x,
+                kind=kind.split("_")[0],
+                pool_size=layer["pool_size"],
+                strides=layer["strides"],
+                padding=layer["padding"],
+            )
+        if kind == "zero_padding":
+            return spatial.zero_padding(x, layer["padding"])
         if kind == "batch_normalization":
             scale = self.weight(index, "gamma") / np.sqrt(self.weight(index, "variance") + float(layer["epsilon"]))
             shift = self.weight(index, "beta") - self.weight(index, "mean") * scale
@@ -193,7 +267,11 @@ def _reduction(kind: str, x: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarr
 
 def check_layers(layers: Sequence[Mapping[str, Any]], weights: Mapping[str, np.ndarray]) -> None:
     """``ValueError`` naming the first layer that is unknown or lacks a weight."""
-    needs = {"dense": ("kernel", "bias"), "batch_normalization": ("gamma", "beta", "mean", "variance")}
+    needs = {
+        "dense": ("kernel", "bias"),
+        "conv2d": ("kernel", "bias"),
+        "batch_normalization": ("gamma", "beta", "mean", "variance"),
+    }
     for index, layer in enumerate(layers):
         kind = layer.get("kind")
         if kind not in LAYER_KINDS:
@@ -202,5 +280,5 @@ def check_layers(layers: Sequence[Mapping[str, Any]], weights: Mapping[str, np.n
         if missing:
             raise ValueError(f"head layer {layer.get('name')!r} lacks weight(s) {', '.join(missing)}")
         function = layer.get("function", layer.get("activation"))
-        if kind in ("dense", "activation") and not supported_activation(str(function or "linear")):
+        if kind in ("dense", "conv2d", "activation") and not supported_activation(str(function or "linear")):
             raise ValueError(f"head layer {layer.get('name')!r}: activation {function!r} is not supported")

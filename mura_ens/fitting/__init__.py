@@ -4,6 +4,10 @@ TF-free (numpy, pandas, scikit-learn, scipy). Modules, one idea each:
 
 - :mod:`.settings` — :class:`FitSettings`, validated options;
 - :mod:`.weights` — the weighted mean and the log-loss-optimal weights;
+- :mod:`.pooling` — member roles, the weights pooled across parts with member selection, part priors;
+- :mod:`.partweights` — which weights each part uses (plain / pooled / pooled moved toward its own) and their guards;
+- :mod:`.validate` — every field of an ``ensemble.json`` checked on load;
+- :mod:`.summary` — the table rows (what each part uses) for the CLI and the report;
 - :mod:`.calibration` — identity / Platt / isotonic calibrators as plain numbers;
 - :mod:`.thresholds` — kappa / Youden thresholds and shrinkage;
 - :mod:`.quality` — study-level quality, patient-grouped folds;

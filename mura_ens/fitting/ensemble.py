@@ -3,12 +3,13 @@
 Applying it to a table with ``body_part`` and the members' ``prob__<model>``
 columns (a ``studies.csv`` or an ``images.csv``), row by row:
 
-1. a row of a *fitted* part: the weighted mean of that part's members over
-   those present in the row (:func:`mura_ens.fitting.weights.pool`), then the
-   part's calibrator, then ``prob > threshold`` with the part's threshold;
-2. a row of a part kept at the plain mean (too few studies, one class): the
-   plain mean of that part's members present in the row, then the part's
-   calibrator and threshold, which are copies of the global ones;
+1. a row of a part with fitted weights (status ``fitted`` or ``weights_only``):
+   the weighted mean of that part's members over those present in the row
+   (:func:`mura_ens.fitting.weights.pool`), then the part's calibrator, then
+   ``prob > threshold`` with the part's threshold;
+2. a row of a part at the plain mean's weights (``threshold_only``, ``plain_mean``):
+   the plain mean of that part's members present in the row, then the part's
+   calibrator and threshold;
    a row of a part absent from the fitting set, or of unknown body part (""):
    the plain mean of all members present in the row (``score`` leaves the
    columns of models that do not serve a part empty, so for a known part these
@@ -36,8 +37,18 @@ from .weights import pool
 
 FORMAT = "mura-ens/fitted-ensemble"
 FORMAT_VERSION = 1
+#: Part statuses: fitted weights and own threshold, one of them, or neither.
 FITTED = "fitted"
+WEIGHTS_ONLY = "weights_only"
+THRESHOLD_ONLY = "threshold_only"
 PLAIN_MEAN = "plain_mean"
+
+
+def part_status(weights: bool, threshold: bool) -> str:
+    """The status of a part that uses fitted (pooled or own) ``weights`` and/or its own ``threshold``."""
+    if weights:
+        return FITTED if threshold else WEIGHTS_ONLY
+    return THRESHOLD_ONLY if threshold else PLAIN_MEAN
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,9 @@ class Member:
 class PartModel:
     """How one body part's studies are combined.
 
-    ``status`` is ``fitted`` or ``plain_mean``; ``weights`` maps each member
-    serving the part to its weight (the plain mean's 1/m for ``plain_mean``);
+    ``status`` is ``fitted``, ``weights_only``, ``threshold_only`` or
+    ``plain_mean``; ``weights`` maps each member serving the part to the
+    weight it gets (the plain mean's 1/m when the part uses no fitted weights);
     ``info`` holds what the fit measured (JSON-ready: unshrunk weights, shrink
     factors, raw threshold, cross-validated quality) and ``notes`` says why.
     """
@@ -71,6 +83,11 @@ class PartModel:
     n_positive: int
     info: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+
+    @property
+    def uses_weights(self) -> bool:
+        """Whether the part's weights are fitted (``fitted``, ``weights_only``), not the plain mean."""
+        return self.status in (FITTED, WEIGHTS_ONLY)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (see docs/ensembles.md)."""
@@ -87,10 +104,8 @@ class PartModel:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PartModel:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (checked by :func:`mura_ens.fitting.validate.check_part` when loaded)."""
         known = {"status", "n_studies", "n_positive", "weights", "calibrator", "threshold", "notes"}
-        if data["status"] not in (FITTED, PLAIN_MEAN):
-            raise UsageError(f"unknown part status {data['status']!r}")
         return cls(
             status=data["status"],
             weights={str(k): float(v) for k, v in data["weights"].items()},
@@ -122,6 +137,12 @@ class FittedEnsemble:
     notes: tuple[str, ...] = ()
     #: what the fit measured about the global threshold (its own value, shrink factor, guard), JSON-ready
     global_info: dict[str, Any] = field(default_factory=dict)
+    #: how the fitting studies were scored (``fp32``/``int8``, ``none``/``flip``); None = unknown (older files)
+    precision: str | None = None
+    tta: str | None = None
+    #: the fitting studies' out-of-fold ``prob`` and ``pred`` of what each part uses (what the table's CV
+    #: columns are computed from; ``fit-ensemble --oof FILE`` writes it); None when loaded from a file
+    out_of_fold: pd.DataFrame | None = field(default=None, compare=False, repr=False)
 
     # ---- scoring -------------------------------------------------------------------------------
     def apply(self, frame: pd.DataFrame) -> tuple[np.ndarray, pd.api.extensions.ExtensionArray]:
@@ -143,11 +164,7 @@ class FittedEnsemble:
                 continue
             cols = [index[name] for name in model.weights]
             # weights of 0 make pool() take the plain mean of the members present
-            w = (
-                np.array(list(model.weights.values()), dtype=np.float64)
-                if model.status == FITTED
-                else np.zeros(len(cols))
-            )
+            w = np.array(list(model.weights.values()), dtype=np.float64) if model.uses_weights else np.zeros(len(cols))
             prob[rows] = model.calibrator.apply(pool(P[np.ix_(rows, cols)], w))
             threshold[rows] = model.threshold
         pred = pd.array([pd.NA if np.isnan(p) else int(p > t) for p, t in zip(prob, threshold)], dtype="Int64")
@@ -197,6 +214,23 @@ class FittedEnsemble:
         if problems:
             raise UsageError("the models do not match the fitted ensemble's members: " + "; ".join(problems))
 
+    def scoring_mismatches(self, precision: str, tta: str) -> list[str]:
+        """How scoring with ``precision`` and ``tta`` differs from what the ensemble was fitted on (empty: same).
+
+        A file that does not record them (fitted before they were recorded) is never a mismatch: see
+        :meth:`unknown_scoring`.
+        """
+        out = []
+        if self.precision is not None and self.precision != precision:
+            out.append(f"precision {precision} (fitted on {self.precision} scores)")
+        if self.tta is not None and self.tta != tta:
+            out.append(f"--tta {tta} (fitted on --tta {self.tta} scores)")
+        return out
+
+    def unknown_scoring(self) -> list[str]:
+        """Which of precision / TTA the file does not record."""
+        return [name for name, value in (("precision", self.precision), ("TTA", self.tta)) if value is None]
+
     def overlap(self, study_keys: Iterable[str]) -> int:
         """How many of ``study_keys`` (distinct) were in the fitting set."""
         fitted = set(self.fitting.get("studies", ()))
@@ -211,6 +245,8 @@ class FittedEnsemble:
             "mura_ens_version": self.mura_ens_version,
             "settings": self.settings.to_dict(),
             "members": [{"name": m.name, "sha256": m.sha256} for m in self.members],
+            "precision": self.precision,
+            "tta": self.tta,
             "global": {
                 "calibrator": self.global_calibrator.to_dict(),
                 "threshold": self.global_threshold,
@@ -227,32 +263,35 @@ class FittedEnsemble:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FittedEnsemble:
-        """Inverse of :meth:`to_dict`; a wrong format or a malformed field is a :class:`UsageError`."""
+        """Inverse of :meth:`to_dict`; every field is checked first (:mod:`mura_ens.fitting.validate`).
+
+        A wrong format or a bad field is a one-line :class:`UsageError` naming the field and its value.
+        Files without ``precision`` / ``tta`` (fitted before they were recorded) load with both None (unknown).
+        """
+        from .validate import check_ensemble_dict
+
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UsageError(f'not a fitted ensemble (no "format": "{FORMAT}")')
         if data.get("format_version") != FORMAT_VERSION:
             raise UsageError(f"unsupported fitted ensemble format_version {data.get('format_version')!r}")
+        check_ensemble_dict(data)
         try:
-            members = tuple(Member(str(m["name"]), str(m["sha256"])) for m in data["members"])
-            parts = {str(p): PartModel.from_dict(v) for p, v in data["parts"].items()}
-            names = {m.name for m in members}
-            for part, model in parts.items():
-                unknown = [n for n in model.weights if n not in names]
-                if unknown:
-                    raise UsageError(f"part {part} weighs non-member(s) {', '.join(unknown)}")
-            return cls(
-                members=members,
-                parts=parts,
-                global_calibrator=Calibrator.from_dict(data["global"]["calibrator"]),
-                global_threshold=float(data["global"]["threshold"]),
-                settings=FitSettings.from_dict(data["settings"]),
-                fitting=dict(data["fitting"]),
-                mura_ens_version=str(data["mura_ens_version"]),
-                notes=tuple(str(n) for n in data.get("notes", ())),
-                global_info={k: v for k, v in data["global"].items() if k not in ("calibrator", "threshold")},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UsageError(f"malformed fitted ensemble: {type(exc).__name__} {exc}") from None
+            settings = FitSettings.from_dict(data["settings"])
+        except (UsageError, TypeError) as exc:
+            raise UsageError(f"settings: {exc}") from None
+        return cls(
+            members=tuple(Member(str(m["name"]), str(m["sha256"])) for m in data["members"]),
+            parts={str(p): PartModel.from_dict(v) for p, v in data["parts"].items()},
+            global_calibrator=Calibrator.from_dict(data["global"]["calibrator"]),
+            global_threshold=float(data["global"]["threshold"]),
+            settings=settings,
+            fitting=dict(data["fitting"]),
+            mura_ens_version=str(data["mura_ens_version"]),
+            notes=tuple(str(n) for n in data.get("notes", ())),
+            global_info={k: v for k, v in data["global"].items() if k not in ("calibrator", "threshold")},
+            precision=data.get("precision"),
+            tta=data.get("tta"),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> FittedEnsemble:

@@ -1,80 +1,34 @@
-"""Fit an ensemble per body part on a labelled studies table: weights, calibrator, threshold, and their CV quality.
+"""Fit an ensemble per body part on a labelled studies table: pooled weights, calibrator, threshold, CV quality.
 
-Per body part with enough studies of both classes (n studies, m members):
+The method (docs/ensembles.md has the equations and the measurements behind them):
 
-1. **weights** ``w_fit`` = non-negative weights summing to 1 fitted by the
-   log loss of the weighted mean, with a base-rate pseudo-member that keeps
-   useless members from getting weight as a calibration device
-   (:func:`~mura_ens.fitting.weights.fit_weights`), shrunk toward the plain mean: ``w = lam * w_fit + (1 - lam) / m`` with
-   ``lam = n / (n + shrinkage)``;
-2. **calibrator** (optional) fitted on the weighted means, shrunk toward the
-   identity by the same ``lam`` (:mod:`~mura_ens.fitting.calibration`);
-3. **threshold** chosen by the rule on the calibrated probabilities
-   (``t_part``), shrunk toward the global threshold:
-   ``t = lam_t * t_part + (1 - lam_t) * t_global``. ``t_global`` is the rule's
-   threshold on every fitting study at once (each with the probability the
-   ensemble gives it). ``threshold_shrinkage=K`` sets ``lam_t = n / (n + K)``;
-   the default (None, ``auto``) is empirical Bayes, capped by the weights' factor:
-   ``lam_t = min(tau2 / (tau2 + v_part), lam)``, where ``v_part`` is the
-   bootstrap variance of ``t_part`` (100 resamples of the part's studies) and
-   ``tau2 = max(0, mean((t_part - t_global)^2) - mean(v_part))`` over the fitted
-   parts (0 with fewer than two) is how much the parts' true thresholds differ.
+1. **Weights, pooled across parts** (:mod:`.pooling`, :mod:`.partweights`): each member's
+   worth is estimated from every part it serves (specialists of the different
+   parts share one role), with a base-rate pseudo-member and backward
+   likelihood-ratio selection that drops useless members; judged once on all
+   studies by patient-grouped CV against the plain mean (log loss, paired
+   patient bootstrap). Each part starts from these pooled weights (its
+   *prior*; the plain mean when the pooled weights were rejected) and moves
+   toward its own fit by an empirical-Bayes factor ``lam_p = tau2/(tau2+v_p)``
+   (capped by n/(n+K)) only when CV on the part says the move pays; a part
+   whose chosen weights are significantly worse than the plain mean on its own
+   studies keeps the plain mean.
+2. **Calibrator** (optional) on the part's weighted means, shrunk toward the identity by n/(n+K).
+3. **Threshold** by the rule on the bootstrap-averaged curve, shrunk toward the
+   global threshold by empirical Bayes (``lam_t = min(tau2_t / (tau2_t + v_part), n/(n+K))``);
+   the global threshold is shrunk toward ``plain_threshold`` by N/(N+K).
+   A part's own threshold is kept only when the whole procedure's out-of-fold kappa
+   beats both the plain mean's and the chosen weights' at ``plain_threshold`` by
+   more than noise (:mod:`.significance`); the global one likewise over all studies.
 
-Why thresholds are shrunk (FACTS.md, "Fitting an ensemble on few studies":
-demo models, ~9 studies per part, 40 random patient halves): the plain
-body-part mean scored kappa 0.878 on the other half; weights fitted by log loss
-and shrunk by n/(n+10) scored 0.890; the same plus a kappa-maximising threshold
-per part scored **0.79**. A weight vector is a smooth function of all n log
-losses; a kappa-optimal threshold is an argmax over n step functions, set by
-the one or two studies nearest it, so on ~10 studies it mostly fits noise.
-The global threshold pools every part (7x the studies). How far to trust a
-part's own threshold depends on how much parts really differ, which no fixed
-K captures. A simulation (7 parts, a binormal generalist with d' = 2.8 and a
-near-constant specialist per part, kappa on 1,000 held-out studies per part,
-10 repetitions) gave, for per-part thresholds / global only / K = 10 / K = 40 / auto:
+Parts with fewer than ``min_studies`` studies or one class use the pooled weights
+(when kept; else the plain mean with the global calibrator) and the global threshold.
+Studies of unknown body part inform the pooled weights, the global calibrator and threshold.
 
-- parts alike, n = 10: 0.799 / 0.820 / 0.824 / 0.825 / 0.825; n = 40: 0.818 / 0.825 / 0.823 / 0.827 / 0.823;
-- parts differ (generalist logit offset +-1 per part), n = 10: 0.801 / 0.763 /
-  0.809 / 0.787 / 0.810; n = 40: 0.819 / 0.774 / 0.822 / 0.814 / 0.821.
-
-Per-part thresholds on ~10 studies lose, as in FACTS; the global threshold
-loses when parts differ; ``auto`` stays within 0.004 of the best in each case.
-The cap ``lam_t <= lam`` keeps a part from trusting its threshold (an argmax
-whose bootstrap variance is underestimated on a handful of studies) more than
-its weights.
-
-Thresholds are chosen on the rule's curve averaged over bootstrap resamples
-(:func:`~mura_ens.fitting.thresholds.smooth_threshold`), and the global one is
-shrunk toward ``plain_threshold`` by N/(N+k) (k = ``threshold_shrinkage``, or
-``shrinkage`` under auto).
-
-**Guard** (patient-grouped CV inside the part, same folds for every check):
-the fitted weights/calibrator are kept only when their out-of-fold log loss
-beats the plain mean's; the part's threshold only when the whole
-procedure's out-of-fold kappa (Youden's J for ``youden``) beats
-both the plain mean's and the kept probabilities' at ``plain_threshold``;
-kept weights whose out-of-fold kappa at ``plain_threshold`` is below the plain
-mean's are dropped. The global threshold is kept only when its out-of-fold
-kappa over all studies beats ``plain_threshold``'s. "Beats" means by more than
-noise: the gain must be positive on all studies and in at least 90% of 1,000
-paired patient resamples of the same out-of-fold predictions
-(:mod:`~mura_ens.fitting.significance`). Ties, noise-sized gains and impossible
-CV keep the plain choice; ``info["guard"]`` and the notes record why. On the
-demo (15-24 fitting studies per part) unguarded kappa thresholds cost up to
-0.05 overall study kappa on the valid split, and a guard that took any gain
-0.016 (docs/ensembles.md).
-
-Parts with fewer than ``min_studies`` studies or one class keep the plain
-mean with the global calibrator (fitted on the plain means of all studies)
-and the global threshold, and say so in their notes. Studies of unknown body
-part only inform the global calibrator and threshold.
-
-Quality (per part, in ``quality``): the plain mean on all the part's studies
-(at ``plain_threshold``; it is not fitted, so this is out-of-sample already),
-each member alone, and the whole fitting procedure above judged by
-patient-grouped, label-stratified cross-validation inside the part (each fold
-refits weights, calibrator and threshold on the other folds; its global
-threshold uses the other parts' studies and the training folds only).
+Quality (per part, in ``quality``): the plain mean at ``plain_threshold`` (not
+fitted, so already out of sample), each member alone, and ``used_cv``: what the
+part *uses* (its chosen weights refitted per fold, its own threshold when kept
+else ``plain_threshold``), judged by patient-grouped CV inside the fitting set.
 """
 
 from __future__ import annotations
@@ -89,10 +43,22 @@ import pandas as pd
 from .. import __version__
 from ..io import TEXT_ERRORS
 from .calibration import IDENTITY, Calibrator, fit_calibrator
-from .ensemble import FITTED, PLAIN_MEAN, FittedEnsemble, Member, PartModel
+from .ensemble import FittedEnsemble, Member, PartModel, part_status
+from .partweights import (
+    PART,
+    PLAIN,
+    POOLED,
+    PartFit,
+    Pooling,
+    fit_pooling,
+    fixed_probabilities,
+    guarded_part,
+    part_shrinkage,
+    plain_weights,
+)
 from .quality import patient_folds, quality
 from .settings import FitSettings
-from .significance import TIE, judge, patient_resamples, resampled_mean, study_log_loss, verdict
+from .significance import judge, patient_resamples, verdict
 from .table import FittingTable, fitting_table
 from .thresholds import (
     between_part_variance,
@@ -104,40 +70,7 @@ from .thresholds import (
     shrunk_threshold,
     smooth_threshold,
 )
-from .weights import fit_weights, pool
-
-
-@dataclass
-class _Probabilities:
-    """Weights and calibrator of one part, fitted on complete rows."""
-
-    w_fit: np.ndarray
-    w: np.ndarray
-    lam: float
-    calibrator: Calibrator
-
-    def apply(self, P: np.ndarray) -> np.ndarray:
-        return self.calibrator.apply(pool(P, self.w))
-
-
-def _plain_probabilities(m: int) -> _Probabilities:
-    plain = np.full(m, 1.0 / m)
-    return _Probabilities(plain, plain, 0.0, IDENTITY)
-
-
-@dataclass
-class _PartFit:
-    """One part's fitted probabilities, its CV folds and patient resamples, and the weights guard's verdict."""
-
-    fit: _Probabilities
-    folds: list[tuple[np.ndarray, np.ndarray]]
-    weights_kept: bool
-    guard: dict[str, Any]
-    resamples: np.ndarray  # (b, n) copies of each study per patient resample, shared by the part's guards
-
-    def chosen(self, P: np.ndarray, y: np.ndarray, settings: FitSettings) -> _Probabilities:
-        """The fitted probabilities on (P, y) when the guard kept them, else the plain mean."""
-        return _fit_probabilities(P, y, settings) if self.weights_kept else _plain_probabilities(P.shape[1])
+from .weights import pool
 
 
 @dataclass
@@ -150,7 +83,12 @@ class _Global:
 
 
 def fit_ensemble(
-    studies: pd.DataFrame, members: Sequence[Member], settings: FitSettings | None = None
+    studies: pd.DataFrame,
+    members: Sequence[Member],
+    settings: FitSettings | None = None,
+    *,
+    precision: str | None = None,
+    tta: str | None = None,
 ) -> FittedEnsemble:
     """Fit weights, calibrators and thresholds per body part on a labelled ``studies`` table.
 
@@ -158,6 +96,8 @@ def fit_ensemble(
     body_part, label, one ``prob__<model>`` per model; ``status`` when present);
     ``members`` names every model with a probability column and its sha256.
     A part's members are the models with probabilities for its studies.
+    ``precision`` and ``tta`` say how the studies were scored (recorded; ``score``
+    refuses to apply the ensemble to another precision or TTA; None = unknown).
     The method is described in this module's docstring and docs/ensembles.md.
 
     Raises
@@ -169,39 +109,34 @@ def fit_ensemble(
     settings = settings or FitSettings()
     members = tuple(members)
     table = fitting_table(studies, members)
+    pooling = fit_pooling(table, tuple(m.name for m in members), settings)
     plain_all = pool(table.P, np.zeros(len(members)))
     global_cal = fit_calibrator(plain_all, table.y, settings.calibrate, shrink_factor(len(table.y), settings.shrinkage))
     q = global_cal.apply(plain_all)  # what each fitting study gets from the ensemble; fitted parts below
-    fits: dict[str, _PartFit] = {}
-    reasons: dict[str, str] = {}
-    for part, cols in table.part_members.items():
-        if not part:
-            continue
+    reasons = {p: _plain_reason(table.y[table.part == p], settings) for p in table.part_members if p}
+    lams, tau2_w = part_shrinkage(pooling, [p for p, r in reasons.items() if not r], settings)
+    fits: dict[str, PartFit] = {}
+    for part, reason in reasons.items():
         rows = table.part == part
-        reason = _plain_reason(table.y[rows], settings)
+        P = table.P[np.ix_(rows, table.part_members[part])]
         if reason:
-            reasons[part] = reason
+            if pooling.kept:
+                q[rows] = pool(P, pooling.prior(table.part_members[part]))
             continue
-        P, y = table.P[np.ix_(rows, cols)], table.y[rows]
-        fits[part] = _guarded_probabilities(P, y, table.patient[rows], settings)
-        q[rows] = fits[part].chosen(P, y, settings).apply(P)
+        fits[part] = guarded_part(pooling, part, lams[part], settings)
+        q[rows] = fits[part].final().apply(P)
     glob = _global_threshold(table, q, settings)
     tau2 = _between_parts(table.y, q, table.part, list(fits), glob.threshold, settings)
     parts: dict[str, PartModel] = {}
-    for part, cols in table.part_members.items():
-        if not part:
-            continue
-        names = [members[j].name for j in cols]
+    oof = (np.full(len(table.y), np.nan), np.full(len(table.y), -1, dtype=np.int64))
+    for part, reason in reasons.items():
+        names = [members[j].name for j in table.part_members[part]]
         if part in fits:
-            parts[part] = _fitted_part(table, part, names, (fits[part], q, glob, tau2), settings)
+            parts[part], used = _fitted_part(table, part, names, (fits[part], q, glob, tau2, pooling.oof), settings)
         else:
-            parts[part] = _plain_part(table, part, names, (global_cal, glob.threshold, reasons[part]), settings)
-    notes = list(table.notes) + ([glob.info["note"]] if "note" in glob.info else [])
-    if "" in table.part_members:
-        n = int(np.sum(table.part == ""))
-        notes.append(
-            f"{n} stud{'y' if n == 1 else 'ies'} of unknown body part: used for the global calibrator and threshold only"
-        )
+            parts[part], used = _small_part(table, part, names, (pooling, global_cal, glob.threshold, reason), settings)
+        oof[0][table.part == part], oof[1][table.part == part] = used
+    pooled_record = {**pooling.to_dict(), "tau2": tau2_w}
     return FittedEnsemble(
         members=members,
         parts=parts,
@@ -210,60 +145,54 @@ def fit_ensemble(
         settings=settings,
         fitting=_fitting_record(table),
         mura_ens_version=__version__,
-        notes=tuple(notes),
-        global_info=glob.info,
+        notes=tuple(_global_notes(table, pooling, glob)),
+        global_info={**glob.info, "pooling": pooled_record},
+        precision=precision,
+        tta=tta,
+        out_of_fold=_out_of_fold(table, oof),
     )
+
+
+def _out_of_fold(table: FittingTable, oof: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
+    """The fitting studies with what the table's "used" CV columns are computed from: out-of-fold prob and pred."""
+    known = table.part != ""
+    return pd.DataFrame(
+        {
+            "study": table.study[known],
+            "patient": table.patient[known],
+            "body_part": table.part[known],
+            "label": table.y[known],
+            "prob": oof[0][known],
+            "pred": oof[1][known],
+        }
+    )
+
+
+def _global_notes(table: FittingTable, pooling: Pooling, glob: _Global) -> list[str]:
+    """The fit's notes: studies left out, the pooled weights' verdict, roles dropped, the global threshold."""
+    notes = list(table.notes)
+    guard = pooling.guard
+    if guard.get("fitted_cv"):
+        cv, plain = guard["fitted_cv"]["log_loss"], guard["plain"]["log_loss"]
+        verdict_text = "kept" if pooling.kept else f"not kept ({verdict(guard)})"
+        notes.append(f"Pooled weights {verdict_text}: CV log loss {cv:.3f} vs plain mean {plain:.3f}, all parts.")
+    for drop in pooling.fit.dropped:
+        notes.append(f"Pooled fit dropped {drop['role']} (likelihood ratio {drop['lr']:.2f} < 2.71).")
+    if "note" in glob.info:
+        notes.append(glob.info["note"])
+    if "" in table.part_members:
+        n = int(np.sum(table.part == ""))
+        notes.append(f"{n} stud{'y' if n == 1 else 'ies'} of unknown body part: global calibrator and threshold only.")
+    return notes
 
 
 def _plain_reason(y: np.ndarray, settings: FitSettings) -> str:
     if len(y) < settings.min_studies:
-        return f"{len(y)} labelled studies < --min-studies {settings.min_studies}: plain mean, global threshold"
+        return f"{len(y)} labelled studies < --min-studies {settings.min_studies}"
     if len(np.unique(y)) < 2:
         which = "abnormal" if y[0] == 1 else "normal"
-        return f"one class (all {len(y)} studies {which}): plain mean, global threshold"
+        return f"one class (all {len(y)} studies {which})"
     return ""
-
-
-def _fit_probabilities(P: np.ndarray, y: np.ndarray, settings: FitSettings) -> _Probabilities:
-    """Shrunk weights and calibrator of one part (plain mean and identity on one class)."""
-    m = P.shape[1]
-    if len(np.unique(y)) < 2:
-        return _plain_probabilities(m)
-    lam = shrink_factor(len(y), settings.shrinkage)
-    w_fit = fit_weights(P, y)
-    plain = np.full(m, 1.0 / m)
-    w = lam * w_fit + (1.0 - lam) * plain
-    w = w / w.sum()
-    calibrator = fit_calibrator(pool(P, w), y, settings.calibrate, lam)
-    return _Probabilities(w_fit, w, lam, calibrator)
-
-
-def _guarded_probabilities(P: np.ndarray, y: np.ndarray, groups: np.ndarray, settings: FitSettings) -> _PartFit:
-    """Fit the part's probabilities and keep them only if patient-grouped CV beats the plain mean.
-
-    Kept when the out-of-fold log loss (what the weights and calibrator
-    minimise) is lower than the plain mean's by more than noise: the paired
-    patient bootstrap of :mod:`~mura_ens.fitting.significance` (a tie keeps the
-    plain mean); never kept when cross-validation is impossible. The AUC is recorded,
-    not judged: out-of-fold probabilities pooled over folds with different
-    calibrators rank worse than any one fold's, so a calibration-only gain would lose on it.
-    """
-    fit = _fit_probabilities(P, y, settings)
-    folds = patient_folds(y, groups, settings.cv_folds, settings.seed)
-    counts = patient_resamples(groups, settings.seed)
-    plain = pool(P, np.zeros(P.shape[1]))
-    base = quality(y, plain, plain > settings.plain_threshold)
-    guard: dict[str, Any] = {"kept": False, "plain": {k: base[k] for k in ("log_loss", "auc")}, "fitted_cv": None}
-    if not folds:
-        return _PartFit(fit, folds, False, guard, counts)
-    oof = np.full(len(y), np.nan)
-    for train, test in folds:
-        oof[test] = _fit_probabilities(P[train], y[train], settings).apply(P[test])
-    cv = quality(y, oof, oof > settings.plain_threshold)
-    guard["fitted_cv"] = {k: cv[k] for k in ("log_loss", "auc")}
-    gains = study_log_loss(y, plain) - study_log_loss(y, oof)
-    guard.update(judge(float(np.mean(gains)), resampled_mean(gains, counts)))
-    return _PartFit(fit, folds, guard["kept"], guard, counts)
 
 
 def _shrunk_global(y: np.ndarray, q: np.ndarray, settings: FitSettings) -> tuple[float | None, float, float]:
@@ -297,18 +226,15 @@ def _global_threshold(table: FittingTable, q: np.ndarray, settings: FitSettings)
         guard.update(judge(cv_value - plain_value, gains))
     info: dict[str, Any] = {"threshold_fitted": raw, "threshold_shrink": lam, "guard": guard}
     if not guard["kept"]:
-        info["note"] = _rejected_note("global threshold", guard, rule, t_plain)
+        info["note"] = _rejected_note("Global threshold", guard, rule, t_plain)
     return _Global(float(threshold) if guard["kept"] else t_plain, guard["kept"], info)
 
 
 def _rejected_note(what: str, guard: dict[str, Any], rule: str, t_plain: float) -> str:
     cv, plain = guard["fitted_cv"], guard["plain"]
     if cv is None or plain is None:
-        return f"{what} not judged (too few patients of a class for cross-validation): {t_plain:g} kept"
-    return (
-        f"{what}: cross-validated {criterion(rule)} {cv:.3f} vs {plain:.3f} at {t_plain:g}, "
-        f"{verdict(guard)}: {t_plain:g} kept"
-    )
+        return f"{what} not judged (too few patients of a class for CV): {t_plain:g} used."
+    return f"{what} not kept: CV {criterion(rule)} {cv:.3f} vs {plain:.3f} at {t_plain:g}, {verdict(guard)}."
 
 
 def _part_threshold(
@@ -356,21 +282,22 @@ def _between_parts(
 def _cross_validate(
     P: np.ndarray,
     y: np.ndarray,
-    part_fit: _PartFit,
+    part_fit: PartFit,
     others: tuple[np.ndarray, np.ndarray, _Global, float],
     settings: FitSettings,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold (probabilities, predictions) of the part's procedure (its chosen probabilities + own threshold).
+    """Out-of-fold (probabilities, predictions) of the part's procedure (its chosen weights + own threshold).
 
-    Each fold refits on the other folds; its prior is the global threshold of
-    the other parts' studies and the training folds (``plain_threshold`` when
-    the global guard rejected the global threshold).
+    Each fold refits on the other folds (the pooled prior too, without the
+    fold's studies); the threshold's prior is the global threshold of the other
+    parts' studies and the training folds (``plain_threshold`` when the global
+    guard rejected the global threshold).
     """
     other_y, other_q, glob, tau2 = others
     oof_q = np.full(len(y), np.nan)
     oof_pred = np.zeros(len(y), dtype=np.int64)
-    for train, test in part_fit.folds:
-        fit = part_fit.chosen(P[train], y[train], settings)
+    for k, (train, test) in enumerate(part_fit.folds):
+        fit = part_fit.chosen(P[train], y[train], k, settings)
         q_train = fit.apply(P[train])
         prior = settings.plain_threshold
         if glob.kept:
@@ -383,33 +310,36 @@ def _cross_validate(
 
 
 def _threshold_guard(
-    y: np.ndarray, plain: np.ndarray, oof: tuple[np.ndarray, np.ndarray], part_fit: _PartFit, settings: FitSettings
+    y: np.ndarray, plain: np.ndarray, oof: tuple[np.ndarray, np.ndarray], part_fit: PartFit, settings: FitSettings
 ) -> dict[str, Any]:
-    """Keep the part's own threshold only if its CV criterion beats both the plain mean and the probabilities at
+    """Keep the part's own threshold only if its CV criterion beats both the plain mean and the chosen weights at
     ``plain_threshold`` by more than noise (the paired patient bootstrap of
-    :mod:`~mura_ens.fitting.significance`, on the better of the two per resample);
-    drop fitted weights whose CV criterion at ``plain_threshold`` is below the plain mean's."""
+    :mod:`~mura_ens.fitting.significance`, on the better of the two per resample).
+
+    The weights are not dropped for a kappa loss at ``plain_threshold``: they are judged by the log loss they are
+    fitted for (pooled guard, part guard, harm check); a kappa loss at a fixed cut is the threshold's business
+    (with a useless member in the plain mean, its pull toward 0.5 is a shifted cut, not a better ranking)."""
     rule, t_plain = settings.threshold_rule, settings.plain_threshold
     oof_q, oof_pred = oof
+    weighted = part_fit.source != PLAIN
     plain_value = rule_value(y, plain > t_plain, rule)
-    at_plain = rule_value(y, oof_q > t_plain, rule) if part_fit.weights_kept else plain_value
+    at_plain = rule_value(y, oof_q > t_plain, rule) if weighted and part_fit.folds else plain_value
     fitted = rule_value(y, oof_pred, rule) if part_fit.folds else None
     guard: dict[str, Any] = {"criterion": criterion(rule), "plain": plain_value}
     guard.update({"weights_at_plain_threshold_cv": at_plain, "fitted_cv": fitted})
     if rule == "fixed":
-        guard.update(kept=True, weights_dropped=False)
+        guard["kept"] = True
         return guard
     if plain_value is None or at_plain is None or fitted is None:
-        guard.update(kept=False, weights_dropped=False)
+        guard["kept"] = False
         return guard
     counts = part_fit.resamples
     best_plain = resampled_rule_value(y, plain > t_plain, counts, rule)
-    if part_fit.weights_kept:
+    if weighted:
         best_plain = np.fmax(best_plain, resampled_rule_value(y, oof_q > t_plain, counts, rule))
     guard.update(
         judge(fitted - max(plain_value, at_plain), resampled_rule_value(y, oof_pred, counts, rule) - best_plain)
     )
-    guard["weights_dropped"] = bool(part_fit.weights_kept and not guard["kept"] and at_plain < plain_value - TIE)
     return guard
 
 
@@ -422,131 +352,140 @@ def _fitted_part(
     table: FittingTable,
     part: str,
     names: list[str],
-    fitted: tuple[_PartFit, np.ndarray, _Global, float],
+    fitted: tuple[PartFit, np.ndarray, _Global, float, np.ndarray],
     settings: FitSettings,
-) -> PartModel:
-    part_fit, q, glob, tau2 = fitted
+) -> tuple[PartModel, tuple[np.ndarray, np.ndarray]]:
+    """A part with enough studies of both classes: the weights it uses, its threshold, what CV measured, and the
+    out-of-fold (prob, pred) of what it uses (the plain mean's own when CV was impossible)."""
+    part_fit, q, glob, tau2, pooled_oof = fitted
     rows = table.part == part
     cols = table.part_members[part]
     P, y = table.P[np.ix_(rows, cols)], table.y[rows]
     raw, threshold, lam_t = _part_threshold(y, q[rows], (glob.threshold, tau2), settings)
     oof = _cross_validate(P, y, part_fit, (table.y[~rows], q[~rows], glob, tau2), settings)
     plain = pool(P, np.zeros(len(cols)))
-    threshold_guard = _threshold_guard(y, plain, oof, part_fit, settings)
-    weights_kept = part_fit.weights_kept and not threshold_guard["weights_dropped"]
-    chosen = part_fit.fit if weights_kept else _plain_probabilities(len(cols))
+    tg = _threshold_guard(y, plain, oof, part_fit, settings)
+    source = part_fit.source
+    chosen = part_fit.final() if source != PLAIN else fixed_probabilities(plain_weights(len(cols)))
+    t_used = float(threshold if tg["kept"] else settings.plain_threshold)
+    used_q = oof[0] if source != PLAIN else plain
+    if not part_fit.folds and source == POOLED:  # no CV inside the part: the pooled weights' CV over all studies
+        used_q = pooled_oof[rows]
+    used_pred = oof[1] if tg["kept"] else (used_q > settings.plain_threshold).astype(np.int64)
     measured: dict[str, Any] = {
         "folds": len(part_fit.folds),
         "plain": quality(y, plain, plain > settings.plain_threshold),
-        "fitted_cv": quality(y, *oof) if part_fit.folds else None,
+        "used_cv": quality(y, used_q, used_pred) if not np.isnan(used_q).any() else None,
         "members": _member_quality(P, y, names, settings),
     }
     info = {
-        "weights_fitted": dict(zip(names, map(float, part_fit.fit.w_fit))),
+        "weights_source": source,
+        "weights_prior": dict(zip(names, map(float, part_fit.prior))),
+        "weights_own": dict(zip(names, map(float, part_fit.fit.w_own))),
         "shrink": part_fit.fit.lam,
         "threshold_fitted": raw,
         "threshold_shrink": lam_t,
-        "guard": {"weights": {**part_fit.guard, "kept": weights_kept}, "threshold": threshold_guard},
+        "guard": {"weights": {**part_fit.guard, "source": source, "kept": source != PLAIN}, "threshold": tg},
         "quality": measured,
     }
-    notes = _fitted_notes(len(names), part_fit.fit.lam, (raw, threshold, lam_t, glob.threshold), settings)
-    notes += _guard_notes(part_fit, threshold_guard, settings)
-    return PartModel(
-        status=FITTED if weights_kept or threshold_guard["kept"] else PLAIN_MEAN,
+    notes = _weights_notes(part_fit, source, tg) + _threshold_notes(raw, (threshold, glob.threshold), tg, settings)
+    model = PartModel(
+        status=part_status(source != PLAIN, bool(tg["kept"]) and settings.threshold_rule != "fixed"),
         weights=dict(zip(names, map(float, chosen.w))),
         calibrator=chosen.calibrator,
-        threshold=float(threshold if threshold_guard["kept"] else settings.plain_threshold),
+        threshold=t_used,
         n_studies=len(y),
         n_positive=int(y.sum()),
         info=info,
         notes=tuple(notes),
     )
+    return model, (used_q, used_pred)
 
 
-def _fitted_notes(
-    m: int, lam: float, thresholds: tuple[float | None, float, float, float], settings: FitSettings
+def _weights_notes(part_fit: PartFit, source: str, tg: dict[str, Any]) -> list[str]:
+    """One short sentence on where the part's weights come from."""
+    guard = part_fit.guard
+    notes = [] if part_fit.folds else ["Too few patients of a class for cross-validation on this part."]
+    if source == PART:
+        prior = "pooled weights" if guard.get("source_prior") == POOLED else "plain mean"
+        calibrated = "" if part_fit.fit.calibrator.method == "none" else ", calibrated"
+        notes.append(f"Weights: {prior} + {part_fit.fit.lam:.2f} x this part's own fit{calibrated} (better in CV).")
+    elif source == POOLED:
+        notes.append("Weights: pooled across parts; this part's own fit was not significantly better.")
+    elif (guard.get("harm") or {}).get("kept"):
+        notes.append("Weights: plain mean; the pooled weights had a worse CV log loss on this part.")
+    else:
+        notes.append("Weights: plain mean; no weighting beat it significantly in CV.")
+    return notes
+
+
+def _threshold_notes(
+    raw: float | None, thresholds: tuple[float, float], tg: dict[str, Any], settings: FitSettings
 ) -> list[str]:
-    raw, threshold, lam_t, t_global = thresholds
-    notes = ["one member: weight 1"] if m == 1 else []
-    if m > 1 and lam < 1:
-        notes.append(f"weights {lam:.2f} fitted + {1 - lam:.2f} plain mean (n/(n+{settings.shrinkage:g}))")
-    if settings.threshold_rule != "fixed":
-        if raw is None:
-            notes.append(f"no {settings.threshold_rule} threshold on the part alone: global {t_global:.3f}")
-        elif lam_t < 1:
-            k = settings.threshold_shrinkage
-            how = "empirical Bayes" if k is None else f"n/(n+{k:g})"
-            notes.append(f"threshold {lam_t:.2f} x part's {raw:.3f} + {1 - lam_t:.2f} x global {t_global:.3f} ({how})")
-    return notes
+    """One short sentence on the part's threshold (kept, or why not)."""
+    threshold, t_global = thresholds
+    if settings.threshold_rule == "fixed":
+        return [f"Fixed threshold {settings.threshold:g}."]
+    if raw is None:
+        return [f"No {settings.threshold_rule} threshold on this part alone: {settings.plain_threshold:g} used."]
+    if tg["kept"]:
+        return [f"Own threshold {threshold:.3f} (part's {raw:.3f} shrunk toward global {t_global:.3f})."]
+    if tg["fitted_cv"] is None:
+        return [f"Own threshold {threshold:.3f} not judged (no CV): {settings.plain_threshold:g} used."]
+    best = max(v for v in (tg["plain"], tg["weights_at_plain_threshold_cv"]) if v is not None)
+    return [
+        f"Own threshold {threshold:.3f} not kept: CV {tg['criterion']} {tg['fitted_cv']:.3f} vs {best:.3f}, "
+        f"{verdict(tg)}."
+    ]
 
 
-def _guard_notes(part_fit: _PartFit, threshold_guard: dict[str, Any], settings: FitSettings) -> list[str]:
-    """Why the guard kept the plain mean's weights and/or threshold (nothing when it kept the fit)."""
-    t_plain, crit = settings.plain_threshold, threshold_guard["criterion"]
-    if not part_fit.folds:
-        return [f"too few patients of a class for cross-validation: fit not judged, plain mean at {t_plain:g}"]
-    notes = []
-    w = part_fit.guard
-    if not part_fit.weights_kept:
-        cv, plain = w["fitted_cv"], w["plain"]
-        notes.append(
-            f"fitted weights not kept: cross-validated log loss {cv['log_loss']:.3f} vs plain {plain['log_loss']:.3f}, "
-            f"AUC {_num(cv['auc'])} vs {_num(plain['auc'])}, {verdict(w)}: plain mean"
-        )
-    elif threshold_guard["weights_dropped"]:
-        notes.append(
-            f"fitted weights dropped: cross-validated {crit} at {t_plain:g} "
-            f"{threshold_guard['weights_at_plain_threshold_cv']:.3f} < plain mean's {threshold_guard['plain']:.3f}"
-        )
-    if settings.threshold_rule != "fixed" and not threshold_guard["kept"]:
-        best = max(
-            v for v in (threshold_guard["plain"], threshold_guard["weights_at_plain_threshold_cv"]) if v is not None
-        )
-        notes.append(
-            f"own threshold not kept: cross-validated {crit} {_num(threshold_guard['fitted_cv'])} vs "
-            f"{best:.3f} at {t_plain:g}, {verdict(threshold_guard)}: threshold {t_plain:g}"
-        )
-    return notes
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _plain_part(
+def _small_part(
     table: FittingTable,
     part: str,
     names: list[str],
-    fallback: tuple[Calibrator, float, str],
+    fallback: tuple[Pooling, Calibrator, float, str],
     settings: FitSettings,
-) -> PartModel:
-    calibrator, t_global, reason = fallback
+) -> tuple[PartModel, tuple[np.ndarray, np.ndarray]]:
+    """A part with too few studies or one class: the pooled weights (when kept) or the plain mean; global threshold.
+
+    Its out-of-fold probabilities are those of the pooled weights' CV over all studies (or the plain mean's)."""
+    pooling, calibrator, t_global, reason = fallback
     rows = table.part == part
     cols = table.part_members[part]
     P, y = table.P[np.ix_(rows, cols)], table.y[rows]
     plain = pool(P, np.zeros(len(cols)))
+    if pooling.kept:
+        weights, calibrator, used_q = pooling.prior(cols), IDENTITY, pooling.oof[rows]
+        note = f"{reason}: pooled weights, global threshold {t_global:.3f}."
+    else:
+        weights, used_q = plain_weights(len(cols)), calibrator.apply(plain)
+        note = f"{reason}: plain mean, global threshold {t_global:.3f}."
+    defined = not np.isnan(used_q).any()
     info = {
-        "weights_fitted": None,
+        "weights_source": POOLED if pooling.kept else PLAIN,
+        "weights_prior": dict(zip(names, map(float, pooling.prior(cols)))),
+        "weights_own": None,
         "shrink": 0.0,
         "threshold_fitted": None,
         "threshold_shrink": 0.0,
         "quality": {
             "folds": 0,
             "plain": quality(y, plain, plain > settings.plain_threshold),
-            "fitted_cv": None,
+            "used_cv": quality(y, used_q, used_q > t_global) if defined else None,
             "members": _member_quality(P, y, names, settings),
         },
     }
-    return PartModel(
-        status=PLAIN_MEAN,
-        weights={name: 1.0 / len(names) for name in names},
+    model = PartModel(
+        status=part_status(pooling.kept, False),
+        weights=dict(zip(names, map(float, weights))),
         calibrator=calibrator,
         threshold=float(t_global),
         n_studies=len(y),
         n_positive=int(y.sum()),
         info=info,
-        notes=(reason,),
+        notes=(note,),
     )
+    return model, (used_q, (used_q > t_global).astype(np.int64))
 
 
 def fitting_set_sha256(studies: Sequence[str], labels: Sequence[int]) -> str:

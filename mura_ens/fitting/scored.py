@@ -1,15 +1,15 @@
-"""Fitting from a ``score`` output folder: read its ``studies.csv`` and find its models' sha256.
+"""Fitting from a ``score`` output folder: read its ``studies.csv`` and the models it was scored with.
 
-Where the sha256 comes from, first match wins:
-
-1. the models given by the caller (``--models DIR`` / ``--model FILE``, read
-   with :func:`mura_ens.scoring.models.load_models`, names made unique the
-   same way ``score`` does);
-2. ``SCORED_DIR/models.json``, when a ``score`` output has one: a list of
-   model records (or ``{"models": [...]}``) each with at least ``name`` and
-   ``sha256`` (``ModelSpec.describe()`` has both).
-
-``score`` writes the sha256 today only into report.html, which is not read.
+The members and their sha256 come from ``SCORED_DIR/models.json``, which
+``score`` writes: ``{"precision", "tta", "models": [{"name", "sha256", ...}]}``
+(a bare list of records, from older folders, is read too, with precision and TTA unknown).
+The ensemble is bound to the models that produced the probabilities, whatever
+a models folder holds today. ``--models DIR`` / ``--model FILE`` only
+cross-check: each model given must be a recorded member with the same sha256,
+and with ``--models DIR`` every member must be there; a mismatch is a one-line
+:class:`UsageError` naming the model. The caller loads the models given
+(:func:`mura_ens.scoring.models.load_models`) and passes them in: fitting imports
+nothing from scoring.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,28 +63,75 @@ def read_studies(path: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
-def scored_members(
-    scored_dir: str | os.PathLike,
-    models_dir: str | os.PathLike | None = None,
-    model_files: Sequence[str | os.PathLike] = (),
-) -> list[Member]:
-    """The members of a scored folder with their sha256 (see the module doc for where they come from)."""
-    if models_dir is not None or model_files:
-        from ..scoring.models import load_models
+@dataclass(frozen=True)
+class ScoredModels:
+    """What ``models.json`` says: the members, and how they scored (None = not recorded)."""
 
-        return members_from_models(load_models(models_dir, model_files))
+    members: list[Member]
+    precision: str | None = None
+    tta: str | None = None
+
+
+def read_models_json(scored_dir: str | os.PathLike) -> ScoredModels:
+    """The members of a scored folder, with precision and TTA, from its ``models.json``."""
     record = Path(scored_dir) / MODELS_FILE
     if not record.is_file():
         raise UsageError(
-            f"{scored_dir} does not record its models' sha256 (no {MODELS_FILE}); "
-            "pass --models DIR (or --model FILE) with the models it was scored with"
+            f"{scored_dir} does not record the models it was scored with (no {MODELS_FILE}): "
+            "score it again with this version of mura-ens score"
         )
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
         items = data["models"] if isinstance(data, dict) else data
-        return [Member(str(m["name"]), str(m["sha256"])) for m in items]
+        members = [Member(str(m["name"]), str(m["sha256"])) for m in items]
+        how = data if isinstance(data, dict) else {}
+        precision, tta = how.get("precision"), how.get("tta")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"cannot read models from {record}: {type(exc).__name__} {exc}") from None
+    if not members:
+        raise UsageError(f"{record} lists no models")
+    return ScoredModels(members, _text_or_none(precision), _text_or_none(tta))
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def cross_check(members: Sequence[Member], given: Sequence[Any], *, whole_folder: bool, scored_dir: Path) -> None:
+    """Refuse (one line naming the model) given models that are not the recorded members."""
+    recorded = {m.name: m.sha256 for m in members}
+    for model in given:
+        if model.name not in recorded:
+            raise UsageError(
+                f"model {model.name} ({model.path}) was not used to score {scored_dir} (see {MODELS_FILE})"
+            )
+        if model.sha256 != recorded[model.name]:
+            raise UsageError(
+                f"model {model.name} ({model.path}) differs from the one {scored_dir} was scored with: "
+                f"sha256 {model.sha256[:12]} now, {recorded[model.name][:12]} in {MODELS_FILE}"
+            )
+    found = {m.name for m in given}
+    missing = [name for name in recorded if name not in found]
+    if whole_folder and missing:
+        raise UsageError(f"model {missing[0]}, which {scored_dir} was scored with, is not in the --models folder")
+
+
+def scored_members(
+    scored_dir: str | os.PathLike,
+    given_models: Sequence[Any] | None = None,
+    *,
+    whole_folder: bool = False,
+) -> ScoredModels:
+    """The members of a scored folder (``models.json``), cross-checked against any models given.
+
+    ``given_models``: model records with ``name``, ``sha256`` and ``path``, loaded by the
+    caller (:func:`mura_ens.scoring.models.load_models`); ``whole_folder``: they are a whole
+    ``--models`` folder, so every recorded member must be among them (:func:`cross_check`).
+    """
+    scored = read_models_json(scored_dir)
+    if given_models is not None:
+        cross_check(scored.members, given_models, whole_folder=whole_folder, scored_dir=Path(scored_dir))
+    return scored
 
 
 def plain_threshold(scored_dir: str | os.PathLike, default: float = 0.5) -> float:
@@ -100,8 +148,8 @@ def fit_scored_dir(
     scored_dir: str | os.PathLike,
     settings: FitSettings | None = None,
     *,
-    models_dir: str | os.PathLike | None = None,
-    model_files: Sequence[str | os.PathLike] = (),
+    given_models: Sequence[Any] | None = None,
+    whole_folder: bool = False,
     threshold_from_metrics: bool = True,
 ) -> FittedEnsemble:
     """Fit an ensemble on ``SCORED_DIR/studies.csv`` (what ``mura-ens fit-ensemble`` runs).
@@ -109,8 +157,11 @@ def fit_scored_dir(
     With ``threshold_from_metrics`` the plain mean is judged at the threshold
     ``score`` used (``metrics.json``'s ``threshold``, when there is one)
     instead of ``settings.plain_threshold``.
-    Members whose models were given but that have no column in ``studies.csv``
-    are refused: the models must be the ones the folder was scored with.
+    The members, their sha256, the precision and the TTA come from ``models.json``
+    (models given are only cross-checked, see the module doc and :func:`scored_members`:
+    the caller loads them, e.g. ``load_models(models_dir, model_files)``, and passes
+    ``whole_folder=models_dir is not None``); a member without a column in
+    ``studies.csv`` is refused.
     """
     from dataclasses import replace
 
@@ -118,17 +169,18 @@ def fit_scored_dir(
     if not scored_dir.is_dir():
         raise UsageError(f"scored folder not found: {scored_dir}")
     studies = read_studies(scored_dir / STUDIES_FILE)
-    members = scored_members(scored_dir, models_dir, model_files)
+    scored = scored_members(scored_dir, given_models, whole_folder=whole_folder)
+    members = scored.members
     unscored = [m.name for m in members if m.column not in studies.columns]
     if unscored:
         raise UsageError(
             f"model(s) {', '.join(unscored)} have no {PROB_PREFIX}<model> column in {scored_dir / STUDIES_FILE}: "
-            "give the models the folder was scored with"
+            f"{MODELS_FILE} does not match {STUDIES_FILE}"
         )
     settings = settings or FitSettings()
     if threshold_from_metrics:
         settings = replace(settings, plain_threshold=plain_threshold(scored_dir, settings.plain_threshold))
     try:
-        return fit_ensemble(studies, members, settings)
+        return fit_ensemble(studies, members, settings, precision=scored.precision, tta=scored.tta)
     except UsageError as exc:
         raise UsageError(f"{scored_dir / STUDIES_FILE}: {exc}") from None

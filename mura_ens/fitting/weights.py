@@ -35,22 +35,32 @@ def log_loss(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def fit_weights(P: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative weights summing to 1 for the members (columns) of ``P``, fitted by log loss.
+    """The weights of :func:`fit_weights_loss` (its docstring says how they are fitted)."""
+    return fit_weights_loss(P, y)[0]
 
-    ``P`` (n, m) holds complete rows (no NaN). The weights minimise the log
-    loss of ``P @ w + w0 * mean(y)`` over the simplex of m + 1 weights: the
-    extra pseudo-member, a constant at the base rate, absorbs the *calibration*
-    role a linear pool otherwise gives to an uninformative member (mixing in a
-    constant or pure noise shrinks an overconfident member's probabilities
-    toward the middle and so lowers log loss without telling the classes
-    apart). It is then dropped and the members' weights renormalised, so the
-    weights say which members discriminate; confidence is the calibrator's
-    job. Members whose output is constant on the part get weight 0 outright.
 
-    The problem is convex (the log of a linear function is concave), so SLSQP
+def fit_weights_loss(P: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """(weights, total log loss of the fitted pool with the base-rate pseudo-member): non-negative weights summing to 1 for the members (columns) of ``P``, fitted by log loss.
+
+    The weights minimise the log loss of the pool (:func:`pool`) of ``P``
+    and an extra pseudo-member, a constant at the base rate ``mean(y)``. That
+    pseudo-member absorbs the *calibration* role a linear pool otherwise gives
+    to an uninformative member (mixing in a constant or pure noise shrinks an
+    overconfident member's probabilities toward the middle and so lowers log
+    loss without telling the classes apart). It is then dropped and the
+    members' weights renormalised, so the weights say which members
+    discriminate; confidence is the calibrator's job. Members whose output is
+    constant on the rows get weight 0 outright.
+
+    ``P`` (n, m) may hold NaN (a member absent from a row: the pooled fit of
+    :mod:`mura_ens.fitting.pooling` over parts with different members); a row
+    then pools its present members and the pseudo-member. With complete rows
+    the problem is convex (the log of a linear function is concave), so SLSQP
     from the plain mean finds its optimum; weights below 1e-6 are set to 0.
     With one member, or when the fit fails or leaves no weight on any member,
-    the plain mean's weights are returned.
+    the plain mean's weights are returned. The loss (summed over rows, natural
+    log) is the objective at the optimum, the likelihood the pooled member
+    selection of :mod:`mura_ens.fitting.pooling` compares.
     """
     from scipy.optimize import minimize
 
@@ -58,16 +68,20 @@ def fit_weights(P: np.ndarray, y: np.ndarray) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64)
     m = P.shape[1]
     plain = np.full(m, 1.0 / m)
-    varying = np.ptp(P, axis=0) > 1e-12 if len(P) else np.zeros(m, dtype=bool)
-    if m == 1 or not varying.any():
-        return plain
+    varying = np.array([np.ptp(c[~np.isnan(c)]) > 1e-12 if (~np.isnan(c)).any() else False for c in P.T])
+    if m == 1 or not len(P) or not varying.any():
+        return plain, _plain_loss(P, y)
     X = np.column_stack([P[:, varying], np.full(len(P), y.mean())])
+    present = ~np.isnan(X)
+    Xz = np.where(present, X, 0.0)
     k = X.shape[1]
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        p = np.clip(X @ w, EPS, 1.0 - EPS)
+        den = np.maximum(present @ w, 1e-12)
+        p = np.clip(Xz @ w / den, EPS, 1.0 - EPS)
         value = -np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p))
-        grad = -((y / p - (1.0 - y) / (1.0 - p))[:, None] * X).mean(axis=0)
+        dp = (Xz - p[:, None] * present) / den[:, None]
+        grad = -((y / p - (1.0 - y) / (1.0 - p))[:, None] * dp).mean(axis=0)
         return float(value), grad
 
     start = np.full(k, 1.0 / k)
@@ -82,11 +96,18 @@ def fit_weights(P: np.ndarray, y: np.ndarray) -> np.ndarray:
     )
     w = np.clip(np.asarray(result.x, dtype=np.float64), 0.0, None)
     if not np.isfinite(w).all() or loss(w)[0] > loss(start)[0]:
-        return plain
+        return plain, _plain_loss(P, y)
+    total = loss(w)[0] * len(P)
     members = w[:-1]
     members[members < 1e-6] = 0.0
     if members.sum() <= 0:
-        return plain
+        return plain, total
     out = np.zeros(m)
     out[varying] = members / members.sum()
-    return out
+    return out, total
+
+
+def _plain_loss(P: np.ndarray, y: np.ndarray) -> float:
+    p = pool(P, np.zeros(P.shape[1])) if len(P) else np.zeros(0)
+    p = np.where(np.isnan(p), np.mean(y) if len(y) else 0.5, p)
+    return log_loss(y, p) * len(y) if len(y) else 0.0

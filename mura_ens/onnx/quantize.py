@@ -11,7 +11,7 @@ VNNI CPU, docs in FACTS.md):
 - MinMax calibration on images of the run's **training** fold, re-derived
   from ``card.json`` (:class:`~mura_ens.run_folder.FoldRecipe`: data source,
   split seed, validation fraction, body parts, image cap) with the trainer's
-  own :func:`~mura_ens.training.data.model_rows`, and checked against the
+  own :func:`~mura_ens.data.training_rows.model_rows`, and checked against the
   recorded manifest hash.
 - Before quantizing, :mod:`mura_ens.onnx.rewrite` turns the BatchNorm
   Mul/Add pairs that tf2onnx leaves after ``Concat`` into 1x1 depthwise
@@ -61,6 +61,8 @@ from ..run_folder import (
     write_onnx_props,
 )
 from .inference import cpu_session, run_model
+from .runtime import SessionConfig, session_options
+from .spec import load_model_spec
 
 #: Value of the ``quantization`` metadata prop of every model this module writes.
 QUANTIZATION = "int8-static-qdq"
@@ -319,10 +321,10 @@ def run_folds(card: Mapping, *, data: str | os.PathLike | None = None):
     data source (or ``data`` when the data moved), the split seed and validation
     fraction (:func:`mura_ens.data.split.assign_folds`), then the body parts the
     model serves and the ``max_images`` cap with the trainer's own
-    :func:`mura_ens.training.data.model_rows`. The manifest hash must match the
+    :func:`mura_ens.data.training_rows.model_rows`. The manifest hash must match the
     card's, so calibration never silently runs on other data.
     """
-    from ..training.data import load_training_data, model_rows  # numpy/pandas only, no TensorFlow
+    from ..data.training_rows import load_training_data, model_rows  # pandas: deferred
 
     recipe = FoldRecipe.from_card(card)
     source = data if data is not None else recipe.source
@@ -476,8 +478,6 @@ def int8_agreement(
     each model and their differences (int8 minus fp32), the share of studies
     whose prediction agrees, and each model's images/s on these images.
     """
-    from ..scoring.sessions import SessionConfig, session_options
-
     sessions = {
         key: cpu_session(str(path), session_options(SessionConfig()))
         for key, path in (("fp32", fp32_path), ("int8", int8_path))
@@ -524,8 +524,6 @@ def quantize_run(
     run folder, data that cannot be found or differ from the training data,
     or no loadable training image.
     """
-    from ..scoring.models import load_model_spec
-
     run_dir = require_run_files(run_dir, CARD_FILE, MODEL_FILE)
     if calibration_images < 1:
         raise UsageError(f"--calibration-images must be >= 1, got {calibration_images}")

@@ -10,6 +10,10 @@ probability (status ``ok``):
   ``prob`` (the most confident misses). ``pred`` is the run's own prediction
   (with ``--ensemble fitted`` its per-part thresholds).
 
+With ``every_abnormal`` (``--explain all``), first every study labelled 1
+(``labelled_abnormal``: what ``mura-ens explain-eval`` needs, an unbiased set), then the
+groups above; on unlabelled input that is just the groups above.
+
 Ties keep the order of ``studies.csv``. A study in several groups is selected
 once with all its reasons, in the order above.
 
@@ -29,6 +33,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..fitting.ensemble import WEIGHTS_ONLY
 from .ensemble import FITTED, members
 
 if TYPE_CHECKING:
@@ -38,10 +43,13 @@ if TYPE_CHECKING:
     from .models import ModelSpec
 
 #: Why a study was selected, in the order they are listed.
+LABELLED_ABNORMAL = "labelled_abnormal"
 HIGHEST = "highest_probability"
 FALSE_POSITIVE = "false_positive"
 FALSE_NEGATIVE = "false_negative"
-REASONS: tuple[str, ...] = (HIGHEST, FALSE_POSITIVE, FALSE_NEGATIVE)
+REASONS: tuple[str, ...] = (LABELLED_ABNORMAL, HIGHEST, FALSE_POSITIVE, FALSE_NEGATIVE)
+#: ``--explain all``: K of the groups besides every labelled abnormal study.
+ALL_K = 5
 
 
 @dataclass(frozen=True)
@@ -53,16 +61,16 @@ class SelectedStudy:
     row: int  # position in the study table
 
 
-def select_studies(studies: pd.DataFrame, k: int) -> list[SelectedStudy]:
+def select_studies(studies: pd.DataFrame, k: int, *, every_abnormal: bool = False) -> list[SelectedStudy]:
     """The studies of ``studies`` (the rows of ``studies.csv``) to explain, see the module doc.
 
-    Returned in order: the top-K first (highest probability first), then the
-    false positives, then the false negatives not already listed.
+    Returned in order: with ``every_abnormal`` the labelled abnormal studies (table order), then the top-K
+    (highest probability first), then the false positives, then the false negatives not already listed.
     """
     import numpy as np
     import pandas as pd
 
-    if k < 1 or studies.empty:
+    if (k < 1 and not every_abnormal) or studies.empty:
         return []
     prob = pd.to_numeric(studies["prob"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     usable = np.isfinite(prob) & (studies["status"].astype("string").fillna("") == "ok").to_numpy()
@@ -70,7 +78,9 @@ def select_studies(studies: pd.DataFrame, k: int) -> list[SelectedStudy]:
     pred = _int_column(studies, "pred")
     false_pos = usable & (label == 0) & (pred == 1)
     false_neg = usable & (label == 1) & (pred == 0)
+    abnormal = usable & (label == 1) if every_abnormal else np.zeros(len(prob), bool)
     groups = {  # (rows, sort key): highest probability first, except the misses: lowest first
+        LABELLED_ABNORMAL: (abnormal, np.zeros(len(prob))),
         HIGHEST: (usable, -prob),
         FALSE_POSITIVE: (false_pos, -prob),
         FALSE_NEGATIVE: (false_neg, prob),
@@ -78,7 +88,7 @@ def select_studies(studies: pd.DataFrame, k: int) -> list[SelectedStudy]:
     reasons: dict[int, list[str]] = {}
     for reason in REASONS:
         rows, key = groups[reason]
-        for row in _ranked(np.flatnonzero(rows), key[rows], k):
+        for row in _ranked(np.flatnonzero(rows), key[rows], len(prob) if reason == LABELLED_ABNORMAL else k):
             reasons.setdefault(row, []).append(reason)
     keys = studies["study"].astype("string").fillna("").to_numpy(dtype=object)
     return [SelectedStudy(str(keys[row]), tuple(why), row) for row, why in reasons.items()]
@@ -119,7 +129,7 @@ def member_weights(
     raw = dict.fromkeys(names, 1.0)
     if ensemble == FITTED and fitted is not None:
         part = fitted.parts.get(body_part)
-        if part is not None and part.status == FITTED:
+        if part is not None and part.status in (FITTED, WEIGHTS_ONLY):  # the part's fitted (pooled) weights
             raw = {name: float(part.weights.get(name, 0.0)) for name in names}
     total = sum(raw.values())
     if total <= 0:

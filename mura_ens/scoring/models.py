@@ -1,9 +1,12 @@
 """ONNX model discovery, metadata and validation: which models a run scores with.
 
 A model is described by a :class:`ModelSpec`, a small frozen (picklable)
-record built from the file alone (``onnx.load``, no session), so that it can
+record built from the file alone (its protobuf read by :mod:`mura_ens.onnx.wire`,
+or ``onnx.load`` for an irregular file; no session), so that it can
 travel to another process or a Dask worker; sessions are made there, see
-:mod:`mura_ens.scoring.sessions`.
+:mod:`mura_ens.scoring.sessions`. :class:`ModelSpec` and :func:`load_model_spec`
+live in :mod:`mura_ens.onnx.spec` (int8 export reads models too) and are
+importable from here.
 
 Metadata (``metadata_props``, docs/INTERNALS.md) are parsed by
 :meth:`mura_ens.run_folder.ModelMetadata.from_onnx_props`: ``plugin``,
@@ -32,34 +35,29 @@ warnings raised while scoring as ``mura-ens: warning: <message>``.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ModelError, UsageError
+from ..onnx.spec import ModelSpec, load_model_spec
 from ..run_folder import (
     CARD_FILE,
     INT8_FILE,
     INT8_SUFFIX,
     MODEL_FILE,
-    MetadataError,
-    ModelMetadata,
-    default_model_name,
     is_unfinished_run,
-    read_onnx_props,
 )
+from ..run_folder import default_model_name as default_model_name  # re-exported: tests
 
 if TYPE_CHECKING:
     from .sessions import SessionConfig
 
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
-
-#: Input element types accepted, as ONNX TensorProto names -> numpy dtype names.
-_INPUT_DTYPES = {1: "float32", 2: "uint8"}  # TensorProto.FLOAT, TensorProto.UINT8
 
 
 class ModelWarning(UserWarning):
@@ -76,60 +74,6 @@ class DuplicateModelWarning(ModelWarning):
 
 #: How many paths a warning or error lists before "and N more".
 _SHOWN_PATHS = 5
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One ONNX model as the scorer sees it. Frozen and picklable.
-
-    ``body_parts`` empty means a generalist (serves every image, also those of
-    unknown body part); otherwise the model serves only those parts.
-    """
-
-    path: str
-    name: str
-    plugin: str
-    body_parts: tuple[str, ...]
-    input_size: int
-    resize_policy: str
-    threshold: float
-    input_name: str
-    input_dtype: str
-    sha256: str
-    metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def is_generalist(self) -> bool:
-        """True when the model serves every body part."""
-        return not self.body_parts
-
-    @property
-    def column(self) -> str:
-        """Its probability column in images.csv / studies.csv."""
-        return f"prob__{self.name}"
-
-    @property
-    def input_key(self) -> tuple[int, str]:
-        """(size, policy): models sharing it share one resized copy of each image."""
-        return (self.input_size, self.resize_policy)
-
-    def serves(self, body_part: str) -> bool:
-        """Whether this model scores images of ``body_part`` ("" = unknown part)."""
-        return self.is_generalist or body_part in self.body_parts
-
-    def describe(self) -> dict:
-        """A JSON-friendly summary (report provenance, run fingerprint)."""
-        return {
-            "name": self.name,
-            "path": self.path,
-            "plugin": self.plugin,
-            "body_parts": list(self.body_parts),
-            "input_size": self.input_size,
-            "resize_policy": self.resize_policy,
-            "threshold": self.threshold,
-            "sha256": self.sha256,
-            "metadata": dict(self.metadata),
-        }
 
 
 @dataclass(frozen=True)
@@ -197,6 +141,7 @@ def find_model_files(
             raise UsageError(f"models folder not found: {root}")
         if not root.is_dir():
             raise UsageError(f"--models must be a folder, got a file: {root} (use --model FILE)")
+        _recover_replaced(root)
         found, unreadable = _walk_onnx_files(root)
         found, unfinished = _skip_unfinished_runs(found)
         chosen += _pick_precision(found, precision)
@@ -208,6 +153,22 @@ def find_model_files(
         skipped += f"; could not read {_paths_text(unreadable)}" if unreadable else ""
         raise UsageError(f"no ONNX models found{where}; pass --models DIR or --model FILE{skipped}")
     return FoundModels(tuple(unique), tuple(unfinished), tuple(unreadable), tuple(unfinished_given))
+
+
+def _recover_replaced(root: Path) -> None:
+    """Put back the runs an ``train --overwrite`` killed between its two renames hid, in ``root`` and the run
+    parents below it (:func:`mura_ens.run_folder.recover_replaced_runs`), saying so."""
+    from ..console import echo
+    from ..run_folder import REPLACED_SUFFIX, recover_replaced_runs
+
+    folders = {root}
+    with contextlib.suppress(OSError):
+        for dirpath, dirnames, _ in os.walk(root):
+            folders.update(Path(dirpath) for d in dirnames if f"{REPLACED_SUFFIX}.partial-" in d)
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    for folder in sorted(folders):
+        for line in recover_replaced_runs(folder):
+            echo(f"mura-ens: {folder}: {line}")
 
 
 def discover_model_files(
@@ -339,93 +300,6 @@ def _unique_paths(paths: Iterable[Path]) -> list[Path]:
             seen.add(key)
             unique.append(p)
     return unique
-
-
-def load_model_spec(path: str | os.PathLike) -> ModelSpec:
-    """Read one model's metadata and input signature; :class:`ModelError` if unusable.
-
-    The input must be one rank-4 tensor (N, H, W, 3) of float32 or uint8 with
-    H == W == the metadata ``input_size`` when they are static.
-    """
-    import onnx
-
-    path = Path(path)
-    data = _model_bytes(path)
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
-    if not model.HasField("graph"):
-        raise ModelError(f"{path}: not an ONNX model (it holds no graph)")
-    props = read_onnx_props(model)
-    name, dtype, static_size, shape_text = _image_input(model, path)
-    try:
-        meta = ModelMetadata.from_onnx_props(
-            props, default_name=default_model_name(path), static_size=static_size, input_shape=shape_text
-        )
-    except MetadataError as exc:
-        raise ModelError(f"{path}: {exc}") from None
-    return ModelSpec(
-        path=str(path.resolve()),
-        name=meta.model_name,
-        plugin=meta.plugin,
-        body_parts=meta.body_parts,
-        input_size=meta.input_size,
-        resize_policy=meta.resize_policy,
-        threshold=meta.threshold,
-        input_name=name,
-        input_dtype=dtype,
-        sha256=hashlib.sha256(data).hexdigest(),
-        metadata=props,
-    )
-
-
-def _model_bytes(path: Path) -> bytes:
-    """The file's bytes; :class:`ModelError` for a folder, a missing, unreadable or empty file."""
-    if path.is_dir():
-        raise ModelError(f"{path} is a folder, not an ONNX file (use --models DIR for a folder of models)")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelError(f"model file not found: {path}") from None
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
-    if not data:
-        raise ModelError(f"{path}: the file is empty (0 bytes; an export that did not finish?); export it again")
-    return data
-
-
-def _image_input(model, path: Path) -> tuple[str, str, int | None, str]:
-    """(name, numpy dtype name, static H == W or None, shape as text) of the model's one image input.
-
-    :class:`ModelError` when there is not exactly one (N, H, W, 3) float32/uint8 input with H == W.
-    """
-    import onnx
-
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise ModelError(f"{path}: expected one image input, found {len(inputs)} ({', '.join(i.name for i in inputs)})")
-    inp = inputs[0]
-    ttype = inp.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in ttype.shape.dim]
-    shape_text = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
-    if len(dims) != 4 or dims[3] != 3:
-        raise ModelError(f"{path}: input {inp.name!r} has shape {shape_text}; expected (N, H, W, 3) RGB pixels")
-    if isinstance(dims[0], int) and dims[0] > 0:
-        raise ModelError(
-            f"{path}: input {inp.name!r} has shape {shape_text}, a fixed batch dimension of {dims[0]}; "
-            "export it with a dynamic batch dimension (None / 'N' in the input signature)"
-        )
-    dtype = _INPUT_DTYPES.get(ttype.elem_type)
-    if dtype is None:
-        type_name = onnx.TensorProto.DataType.Name(ttype.elem_type)
-        raise ModelError(f"{path}: input {inp.name!r} has element type {type_name}; expected FLOAT or UINT8")
-    static_h = dims[1] if isinstance(dims[1], int) else None
-    static_w = dims[2] if isinstance(dims[2], int) else None
-    if static_h is not None and static_w is not None and static_h != static_w:
-        raise ModelError(f"{path}: input {inp.name!r} has shape {shape_text}; expected a square H == W")
-    return inp.name, dtype, static_h or static_w, shape_text
 
 
 def drop_duplicates(specs: Sequence[ModelSpec]) -> list[ModelSpec]:

@@ -5,11 +5,12 @@ resolve providers, load and check the models, scan the input) ->
 ``_open_journal`` (the ``--resume`` journal) -> ``_run_batches`` (plan batches
 of whole studies, stream them through the backend, journal each finished one)
 -> ``_tables`` (image table -> study table, the ensemble) -> ``_metrics``
-(``metrics.json``, :func:`mura_ens.metrics.build_metrics`) -> ``_write_tables``
-(``images.csv``, ``studies.csv``, ``models.json``, ``metrics.json``) -> ``_write_heatmaps``
-(``--explain K``: ``heatmaps/``, :mod:`~mura_ens.scoring.heatmaps`, always in this
-process and never journalled) -> ``_write_report`` (``report.html``) -> drop the
-journal. Every file is written atomically.
+(``metrics.json``, :func:`mura_ens.metrics.build_metrics`)
+-> ``_draw_heatmaps`` (``--explain K``: ``heatmaps/`` staged, :mod:`~mura_ens.scoring.heatmaps`, always in
+this process and never journalled) -> ``_write_outputs`` (the report rendered first, then ``images.csv``,
+``studies.csv``, ``models.json``, ``metrics.json``, the heatmaps folder renamed into place, ``report.html``:
+nothing is replaced until everything that can fail but a write has run) -> drop the journal. Every file is
+written atomically.
 
 What the run does is a :class:`ScoreSettings` (validated once, when it is
 made); where batches run is a backend object the caller builds
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..io import atomic_write_csv, atomic_write_json, file_sha256
+from ..io import atomic_write_csv, atomic_write_json, file_sha256, refuse_input_as_output
 from ..metrics import DEFAULT_BOOTSTRAP, BootstrapSettings, EnsembleInfo
 from ..pseudonym import key_for
 from .backends import Backend, make_backend
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # pandas is imported lazily at run time
 
     from ..fitting.ensemble import FittedEnsemble
     from ..pseudonym import Pseudonymizer
+    from .heatmaps import HeatmapOutput
 
 IMAGES_FILE = "images.csv"
 STUDIES_FILE = "studies.csv"
@@ -74,6 +76,10 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 #: The models of the run (name, path, sha256, metadata): what ``mura-ens fit-ensemble`` reads to name its members.
 MODELS_FILE = "models.json"
+
+
+class FittingMismatchWarning(UserWarning):
+    """A fitted ensemble applied (``--allow-mismatch``) to scores of another precision or TTA than it was fitted on."""
 
 
 class FittingOverlapWarning(UserWarning):
@@ -123,7 +129,11 @@ class ScoreSettings:
     explain
         ``K`` > 0: heatmap overlays of the K studies of highest probability (and,
         with labels, the K worst false positives and false negatives) under
-        ``heatmaps/`` and in the report (:mod:`~mura_ens.scoring.heatmaps`); 0: none.
+        ``heatmaps/`` and in the report (:mod:`~mura_ens.scoring.heatmaps`); 0: none;
+        ``"all"``: every labelled abnormal study too, plus K = 5 of each group.
+    findings
+        A ``findings.csv`` (ground-truth boxes): the heatmaps are scored against it
+        (:mod:`mura_ens.explain.evaluate`): ``explain_eval.json`` and a report table. Needs ``explain``.
     labels
         A labels CSV joined onto the input (``label`` + ``study`` or ``path``;
         :func:`mura_ens.data.labels.join_labels`): how a DICOM folder gets labels.
@@ -142,10 +152,12 @@ class ScoreSettings:
     bootstrap: BootstrapSettings = DEFAULT_BOOTSTRAP
     tta: str = "none"
     ensemble_file: str | os.PathLike | None = None
-    explain: int = 0
+    explain: int | str = 0
+    findings: str | os.PathLike | None = None
     labels: str | os.PathLike | None = None
     pseudonymize: bool = False
     pseudonym_key: str | None = field(default=None, repr=False)
+    allow_mismatch: bool = False
 
     def __post_init__(self) -> None:
         check_ensemble_name(self.ensemble)
@@ -160,13 +172,24 @@ class ScoreSettings:
         if isinstance(self.providers, str):
             object.__setattr__(self, "providers", (self.providers,))
         elif self.providers is not None:
-            object.__setattr__(self, "providers", tuple(str(p) for p in self.providers))
+            if not isinstance(self.providers, (list, tuple)) or not all(isinstance(p, str) for p in self.providers):
+                raise UsageError(
+                    "providers must be a name, a comma list or a list of names (str), e.g. 'cpu' or ['cuda', 'cpu'];"
+                    f" got {type(self.providers).__name__} {self.providers!r}"
+                )
+            object.__setattr__(self, "providers", tuple(self.providers))
         if not isinstance(self.bootstrap, BootstrapSettings):
             raise UsageError(f"bootstrap must be a BootstrapSettings, got {self.bootstrap!r}")
         if self.tta not in TTAS:
             raise UsageError(f"unknown --tta {self.tta!r}; choose one of {', '.join(TTAS)}")
-        if self.explain != 0 and not _is_count(self.explain):
-            raise UsageError(f"--explain must be an integer >= 0 (studies per group), got {self.explain!r}")
+        if self.explain != 0 and self.explain != "all" and not _is_count(self.explain):
+            raise UsageError(f"--explain must be an integer >= 0 (studies per group) or all, got {self.explain!r}")
+        if self.findings is not None:
+            if not self.explain:
+                raise UsageError("--findings scores heatmaps: give --explain all (or --explain K) too")
+            if not Path(self.findings).is_file():
+                raise UsageError(f"findings file {self.findings} does not exist")
+            object.__setattr__(self, "findings", Path(self.findings))
         self._check_ensemble_file()
         if self.labels is not None:
             object.__setattr__(self, "labels", Path(self.labels))
@@ -222,6 +245,7 @@ class _FittedFile:
     path: Path
     sha256: str
     overlap: int  # studies being scored that were in its fitting set
+    mismatch: tuple[str, ...] = ()  # how this run's precision / TTA differ from the fit's (``allow_mismatch``)
 
 
 @dataclass
@@ -307,6 +331,11 @@ def score(
     settings = settings if settings is not None else ScoreSettings()
     input_path, out_path = Path(input), Path(out)
     _check_paths(input_path, out_path)
+    model_files = list(model_files)
+    outputs = [out_path, *(out_path / name for name in (IMAGES_FILE, STUDIES_FILE, METRICS_FILE, MODELS_FILE))]
+    outputs.append(out_path / REPORT_FILE)
+    read = (input_path, settings.labels, settings.ensemble_file, models_dir, *model_files)
+    refuse_input_as_output(outputs, read)
     with OutputLock(out_path) as lock:  # one run per output folder, from before the first model load
         run = _prepare(input_path, out_path, models_dir, model_files, settings)
         if backend is None:
@@ -329,10 +358,7 @@ def _score_prepared(run: _Run, backend: Backend, progress: bool | None, notes: l
     images = images.drop(columns=["counted"])
     unknown = unknown_parts(images)
     shown = run.hide(images), run.hide(studies), run.hide(metrics)  # what the files say (--pseudonymize)
-    written = _write_tables(run, *shown, notes)
-    gallery = _write_heatmaps(run, _heatmap_tables(run, images, studies), written, notes)
-    gallery = _hide_heatmaps(run, gallery)
-    written["report"] = _write_report(run, shown, backend.name, unknown, gallery)
+    written = _write_outputs(run, shown, backend.name, unknown, _draw_heatmaps(run, images, studies, notes), notes)
     journal.remove()
     settings = run.settings
     return ScoreResult(
@@ -374,7 +400,7 @@ def _prepare(
     providers = resolve_providers(settings.providers)
     models = load_models(models_dir, model_files, precision=settings.precision)
     check_ensemble(settings.ensemble, models)
-    fitted = _load_fitted(settings.ensemble_file, models) if settings.ensemble == FITTED else None
+    fitted = _load_fitted(settings.ensemble_file, models, settings) if settings.ensemble == FITTED else None
     threshold = resolve_threshold(models, settings.threshold)
     scan = scan_source(input_path, labels=settings.labels)
     manifest = scan.manifest.reset_index(drop=True)
@@ -383,7 +409,7 @@ def _prepare(
     if fitted is not None:
         fitted = _with_overlap(fitted, manifest["study"])
     run = _Run(input_path, out, settings, models, threshold, providers, manifest, scan.skipped, fitted)
-    run.private = _pseudonymizer(settings, manifest, scan.skipped)
+    run.private = _pseudonymizer(run, scan.identifiers)
     session = run.config.session
     for model in models:  # load every model once now: an unloadable one stops the run before any work
         get_session(model, session)
@@ -401,8 +427,11 @@ def _skipped_text(skipped: pd.DataFrame | None) -> str:
     return f": {len(skipped)} files skipped: {reasons}"
 
 
-def _load_fitted(path: str | os.PathLike[str] | None, models: Sequence[ModelSpec]) -> _FittedFile:
-    """Read ``ensemble.json`` and check that its members are exactly the models found (name and sha256)."""
+def _load_fitted(
+    path: str | os.PathLike[str] | None, models: Sequence[ModelSpec], settings: ScoreSettings
+) -> _FittedFile:
+    """Read ``ensemble.json``; check that its members are exactly the models found (name and sha256) and that
+    this run scores as the fitting set was scored (precision, TTA: refused unless ``allow_mismatch``)."""
     from ..fitting.ensemble import FittedEnsemble
 
     if path is None:
@@ -412,8 +441,18 @@ def _load_fitted(path: str | os.PathLike[str] | None, models: Sequence[ModelSpec
         ensemble.check_members({m.name: m.sha256 for m in models})
     except UsageError as exc:
         raise UsageError(f"{exc} (ensemble file {path})") from None
+    mismatch = ensemble.scoring_mismatches(settings.precision, settings.tta)
+    if mismatch and not settings.allow_mismatch:
+        raise UsageError(
+            f"{path} was fitted on scores of another kind: this run uses {' and '.join(mismatch)}; "
+            "score as it was fitted, or pass --allow-mismatch"
+        )
+    if mismatch:
+        warnings.warn(
+            f"--allow-mismatch: applying {path} with {' and '.join(mismatch)}", FittingMismatchWarning, stacklevel=3
+        )
     digest = file_sha256(path)
-    return _FittedFile(ensemble=ensemble, path=Path(path), sha256=digest, overlap=0)
+    return _FittedFile(ensemble=ensemble, path=Path(path), sha256=digest, overlap=0, mismatch=tuple(mismatch))
 
 
 def _with_overlap(fitted: _FittedFile, studies: pd.Series) -> _FittedFile:
@@ -529,6 +568,8 @@ def _ensemble_info(run: _Run) -> EnsembleInfo:
             "sha256": run.fitted.sha256,
             "overlapping_studies": run.fitted.overlap,
         }
+        if run.fitted.mismatch:
+            details["ensemble_file"]["warnings"] = _mismatch_warnings(run.fitted)
         baselines = (ModelColumn("body_part", _PLAIN_MEAN_COLUMN),)
     if run.settings.tta != "none":
         details["tta"] = run.settings.tta
@@ -549,6 +590,23 @@ def _with_plain_mean(run: _Run, images: pd.DataFrame, studies: pd.DataFrame) -> 
     )
 
 
+def _models_record(run: _Run) -> dict:
+    """``models.json``: how the run scored (``precision``, ``tta``) and each model (name, sha256, plugin, body parts,
+    precision, path relative to ``--out``); what ``fit-ensemble`` binds its members to."""
+    settings = run.settings
+
+    def relative(path: str) -> str:
+        if run.private is not None:  # --pseudonymize: no folder of this machine, "<run folder>/model.onnx"
+            return str(run.private.text(str(path)))
+        try:
+            return os.path.relpath(path, run.out)
+        except ValueError:  # another drive (Windows): keep it as it is
+            return str(path)
+
+    models = [{**m.describe(), "precision": settings.precision, "path": relative(m.path)} for m in run.models]
+    return {"precision": settings.precision, "tta": settings.tta, "models": models}
+
+
 def _write_tables(
     run: _Run, images: pd.DataFrame, studies: pd.DataFrame, metrics: dict | None, notes: list[str]
 ) -> dict[str, Path]:
@@ -557,7 +615,7 @@ def _write_tables(
     written = {
         "images": atomic_write_csv(out / IMAGES_FILE, images),
         "studies": atomic_write_csv(out / STUDIES_FILE, studies),
-        "models": atomic_write_json(out / MODELS_FILE, run.hide({"models": [m.describe() for m in run.models]})),
+        "models": atomic_write_json(out / MODELS_FILE, run.hide(_models_record(run))),
     }
     if metrics is not None:
         written["metrics"] = atomic_write_json(out / METRICS_FILE, metrics)
@@ -567,36 +625,88 @@ def _write_tables(
     return written
 
 
-def _write_heatmaps(
-    run: _Run, tables: tuple[pd.DataFrame, pd.DataFrame], written: dict[str, Path], notes: list[str]
-) -> dict | None:
-    """``--explain K``: overlays of the selected studies; the report's gallery (None without ``--explain``).
+def _draw_heatmaps(run: _Run, images: pd.DataFrame, studies: pd.DataFrame, notes: list[str]) -> HeatmapOutput | None:
+    """``--explain K``: overlays of the selected studies, staged beside ``heatmaps/`` (None without ``--explain``).
 
-    Computed here, after the (possibly resumed) scoring, whatever the backend.
+    Computed here, after the (possibly resumed) scoring, whatever the backend; with ``--pseudonymize`` every path,
+    file name and error is pseudonymized as it is produced (:attr:`~.heatmaps.ExplainJob.hide`).
     """
     if not run.settings.explain:
         return None
+    from .explain_select import ALL_K
     from .heatmaps import ExplainJob, write_heatmaps
 
-    images, studies = tables
+    images, studies = _heatmap_tables(run, images, studies)
     job = ExplainJob(
-        run.out, images, studies, tuple(run.models), run.settings.ensemble, run.settings.explain, run.fitted_ensemble
+        run.out,
+        images,
+        studies,
+        tuple(run.models),
+        run.settings.ensemble,
+        ALL_K if run.settings.explain == "all" else int(run.settings.explain),
+        run.fitted_ensemble,
+        hide=run.private.text if run.private is not None else None,
+        defer_install=True,
+        every_abnormal=run.settings.explain == "all",
     )
     output = write_heatmaps(job)
+    if run.settings.findings is not None:
+        from .heatmaps import discard, score_findings
+
+        try:
+            score_findings(output, Path(run.settings.findings))
+        except BaseException:  # no staged folder outlives a failure
+            discard(output)
+            raise
     notes.extend(output.notes)
-    if output.index is not None:
-        written["heatmaps"] = output.index
-    return output.gallery
+    return output
 
 
-def _pseudonymizer(settings: ScoreSettings, manifest: pd.DataFrame, skipped: pd.DataFrame) -> Pseudonymizer | None:
-    """``--pseudonymize``: the input's patient ids and DICOM study UIDs with their keyed pseudonyms (else None)."""
+def _write_outputs(
+    run: _Run,
+    shown: tuple[pd.DataFrame, pd.DataFrame, dict | None],
+    backend: str,
+    unknown: dict[str, int],
+    heat: HeatmapOutput | None,
+    notes: list[str],
+) -> dict[str, Path]:
+    """Write every output of the run, after everything that can fail but a write: the report is rendered and the
+    heatmaps staged first, so a failure leaves the earlier outputs as they were (no new tables beside an old
+    report); then the tables, the heatmaps folder (one rename) and the report. A staged folder never outlives a
+    failure."""
+    from ..io import atomic_write_text
+    from .heatmaps import discard, install
+
+    try:
+        gallery = run.hide(heat.gallery) if heat is not None else None
+        html = _render_report(run, shown, backend, unknown, gallery)
+        written = _write_tables(run, *shown, notes)
+        if heat is not None and heat.index is not None:
+            install(heat)
+            written["heatmaps"] = heat.index
+        written["report"] = atomic_write_text(run.out / REPORT_FILE, html)
+    except BaseException:
+        discard(heat)
+        raise
+    return written
+
+
+def _pseudonymizer(run: _Run, identifiers: Iterable[str] = ()) -> Pseudonymizer | None:
+    """``--pseudonymize``: the input's patient ids, study UIDs (and what DICOM headers name: ``identifiers``)
+    with their keyed pseudonyms, and the folders of this machine cut from paths (else None)."""
+    settings = run.settings
     key = key_for(settings.pseudonymize, settings.pseudonym_key)
     if key is None:
         return None
-    from ..pseudonym import Pseudonymizer, identifiers_of
+    from ..pseudonym import Pseudonymizer, identifiers_of, path_roots
 
-    return Pseudonymizer(key, identifiers_of(manifest, skipped))
+    source = run.input_path if run.input_path.is_dir() else run.input_path.parent
+    images = [*run.manifest["path"], *run.skipped["path"]]
+    outside = [p for p in images if not os.path.abspath(p).startswith(os.path.abspath(source) + os.sep)]
+    models = [Path(m.path).parent.parent for m in run.models]  # a model's run folder name is kept
+    extra = [settings.labels, settings.ensemble_file]
+    roots = path_roots([source], outside, models, *([p] for p in extra if p is not None), [run.out])
+    return Pseudonymizer(key, identifiers_of(run.manifest, run.skipped, extra=identifiers), roots)
 
 
 def _heatmap_tables(run: _Run, images: pd.DataFrame, studies: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -608,29 +718,17 @@ def _heatmap_tables(run: _Run, images: pd.DataFrame, studies: pd.DataFrame) -> t
     return run.private.frame(images, only=ids), run.private.frame(studies, only=ids)
 
 
-def _hide_heatmaps(run: _Run, gallery: dict | None) -> dict | None:
-    """With ``--pseudonymize``: ``heatmaps/`` (file names, ``index.csv``) and the report's gallery pseudonymized."""
-    if run.private is None:
-        return gallery
-    from ..pseudonym import hide_tree
-    from .heatmaps import HEATMAPS_DIR
-
-    if (run.out / HEATMAPS_DIR).is_dir():  # also a folder an earlier run left
-        hide_tree(run.out / HEATMAPS_DIR, run.private)
-    return run.hide(gallery)
-
-
-def _write_report(run: _Run, tables: tuple, backend: str, unknown: dict[str, int], gallery: dict | None = None) -> Path:
-    """``report.html``: the tables, the metrics as given, failed inputs, unknown body parts, heatmaps, provenance."""
-    from ..report import write_report
+def _render_report(run: _Run, tables: tuple, backend: str, unknown: dict[str, int], gallery: dict | None) -> str:
+    """``report.html``'s text: the tables, the metrics as given, failed inputs, unknown body parts, heatmaps, and a
+    compact provenance (names, sha256 and training-set hashes; no absolute path, no card.json content)."""
+    from ..report import render_report
 
     images, studies, metrics = tables
     failed = images.loc[images["status"] != OK, ["path", "study", "body_part", "status", "error"]]
     provenance = run.hide(_provenance(run, backend))
     if unknown:  # absent otherwise: the report of an ordinary run is unchanged
         provenance["unknown_body_parts"] = unknown
-    return write_report(
-        run.out / REPORT_FILE,
+    return render_report(
         studies=studies,
         images=images,
         metrics=metrics,
@@ -729,19 +827,33 @@ def _check_journal_rows(rows: list[dict], manifest: pd.DataFrame, hide: Any = No
 
 
 def _model_info(model: ModelSpec) -> dict:
-    """A model's provenance: its metadata, and its run's card.json when one sits beside it."""
+    """A model's provenance for the report, compact and free of paths of any machine: its name, its file relative
+    to its run folder's parent, plugin, body parts, input size, resize policy, threshold, precision, sha256, and
+    the sha256 of the training set (card.json ``data.manifest_sha256``) when its run's card is beside it. The
+    card itself is never copied into the report (it names training images by path)."""
     import json
 
     from ..run_folder import CARD_FILE
 
-    info = model.describe()
-    info["card"] = None
-    card = Path(model.path).parent / CARD_FILE
-    if card.is_file():
-        try:
-            info["card"] = json.loads(card.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            info["card_error"] = f"{card}: {exc}"
+    path = Path(model.path)
+    info = {
+        "name": model.name,
+        "file": f"{path.parent.name}/{path.name}",
+        "plugin": model.plugin,
+        "body_parts": list(model.body_parts),
+        "input_size": model.input_size,
+        "resize_policy": model.resize_policy,
+        "threshold": model.threshold,
+        "quantization": model.metadata.get("quantization", ""),
+        "sha256": model.sha256,
+        "training_set_sha256": "",
+    }
+    try:
+        card = json.loads((path.parent / CARD_FILE).read_text(encoding="utf-8"))
+        digest = (card.get("data") or {}).get("manifest_sha256") if isinstance(card, dict) else None
+        info["training_set_sha256"] = str(digest or "")
+    except (OSError, ValueError, AttributeError):  # no card, or an unreadable one: the hash is unknown
+        pass
     return info
 
 
@@ -753,8 +865,7 @@ def _provenance(run: _Run, backend: str) -> dict:
     settings = run.settings
     return {
         "command": "mura-ens score",
-        "input": str(run.input_path.resolve()),
-        "out": str(run.out.resolve()),
+        "input": run.input_path.resolve().name,  # a name, never a folder of this machine
         "models": ", ".join(m.name for m in run.models),
         "ensemble": settings.ensemble,
         **_fitted_provenance(run),
@@ -776,7 +887,14 @@ def _fitted_provenance(run: _Run) -> dict:
     if run.fitted is None:
         return {}
     return {
-        "ensemble_file": str(run.fitted.path.resolve()),
+        "ensemble_file": run.fitted.path.name,
         "ensemble_file_sha256": run.fitted.sha256,
-        "fitted_ensemble": run.fitted.ensemble.to_dict(),
+        "fitted_ensemble": {**run.fitted.ensemble.to_dict(), "applied_warnings": _mismatch_warnings(run.fitted)},
     }
+
+
+def _mismatch_warnings(fitted: _FittedFile) -> list[str]:
+    """What ``--allow-mismatch`` writes into metrics.json and the report."""
+    return [
+        f"applied with --allow-mismatch to {m}: the fitted weights and thresholds may not hold" for m in fitted.mismatch
+    ]

@@ -11,6 +11,9 @@ a mid-grey image and a fixed noise image) must give one finite probability
 in [0, 1] per image. A model that fails (an ONNX Runtime error at run time,
 NaN/inf, logits, one value for two images) is a one-line :class:`ModelError`
 naming the file, before any image of the run is scored.
+
+:class:`SessionConfig`, :func:`session_options` and :func:`shared_cpu_arena` live in
+:mod:`mura_ens.onnx.runtime` (int8 agreement uses them too) and are importable from here.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError, UsageError
+from ..onnx.runtime import SessionConfig, session_options
+from ..onnx.runtime import shared_cpu_arena as shared_cpu_arena  # re-exported: docs, tests
+from ..onnx.wire import WireError, read_header
 
 #: Listed by onnxruntime but never usable for local scoring (FACTS.md): never chosen.
 _EXCLUDED_PROVIDERS = frozenset({"AzureExecutionProvider"})
@@ -95,44 +100,6 @@ def default_intra_op_threads(decode_workers: int) -> int:
     return max(1, cpus - reserve)
 
 
-@dataclass(frozen=True)
-class SessionConfig:
-    """How sessions are built; picklable, part of the run's fingerprint."""
-
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    intra_op_threads: int = 0  # 0 = onnxruntime's default (one per physical core)
-    #: Apply the exact graph rewrites of :mod:`mura_ens.onnx.rewrite` (BatchNorm Mul/Add after a Concat
-    #: -> depthwise 1x1 Conv, pool before pointwise conv, ...) before building the session.
-    rewrite: bool = True
-
-
-def session_options(config: SessionConfig):
-    """The ``SessionOptions`` every scoring session uses, each choice deliberate."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    # Constant folding, node fusions (Conv+BN+Relu...) and layout transforms: free speed for inference.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # CNNs are one chain of ops: parallelism belongs inside each op (intra-op), not across ops.
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.inter_op_num_threads = 1
-    if config.intra_op_threads > 0:
-        so.intra_op_num_threads = config.intra_op_threads
-    # Let idle intra-op threads spin briefly between parallel sections when there is a pool of them.
-    # Measured on 2 cores with decode threads running alongside (DenseNet201, 256 px, batch 16):
-    # spinning off, raw 15.2 img/s fp32 / 47.6 int8 and streaming 14.6 / 45.8; spinning on, raw
-    # 16.5 / 51.9 and streaming 15.5 / 46.9: waking sleeping threads for each of DenseNet's ~400
-    # parallel sections costs more than the decode time the spinning takes away. With one thread
-    # (e.g. one per Dask worker process) there is no pool and nothing to spin.
-    spin = config.intra_op_threads != 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    # Same-shape batches repeat: the arena and memory pattern reuse buffers instead of re-allocating.
-    so.enable_cpu_mem_arena = True
-    so.enable_mem_pattern = True
-    so.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
-    return so
-
-
 def model_source(path: str, *, rewrite: bool = True) -> str | bytes:
     """What to hand ``InferenceSession``: the rewritten model's bytes, or ``path`` when nothing changes.
 
@@ -144,7 +111,7 @@ def model_source(path: str, *, rewrite: bool = True) -> str | bytes:
     cannot take) is handed over as the file's bytes.
     """
     as_is = path if _utf8_path(path) else Path(path).read_bytes()
-    if not rewrite:
+    if not rewrite or not _may_gain_from_rewrite(path):
         return as_is
     try:
         import onnx
@@ -156,6 +123,21 @@ def model_source(path: str, *, rewrite: bool = True) -> str | bytes:
         return model.SerializeToString() if summary.changed else as_is
     except Exception:
         return as_is
+
+
+#: Op types the rewrites that change speed start from (BatchNorm after a Concat, Pad + MaxPool,
+#: 1x1 Conv + AveragePool). A graph with none of them could only have its input normalisation
+#: moved after the NHWC->NCHW transpose: 0.8% of custom_cnn's CPU time per batch (measured
+#: single-threaded, 256 px, batch 16), less than the ~0.65 s that ``import onnx`` costs a process.
+_REWRITE_OPS = frozenset({"Concat", "Pad", "AveragePool"})
+
+
+def _may_gain_from_rewrite(path: str) -> bool:
+    """Whether the graph holds an op the speed-relevant rewrites start from (True when unsure)."""
+    try:
+        return bool(read_header(Path(path).read_bytes()).op_types & _REWRITE_OPS)
+    except (OSError, WireError):
+        return True
 
 
 def _utf8_path(path: str) -> bool:

@@ -17,9 +17,12 @@ The life of one run of ``mura-ens train`` (:func:`building_run`):
    resume them (a resumed fit would not be the seeded run its card describes). Partial folders of other
    configurations, of processes still running or of other hosts are left alone.
 
-With ``--overwrite`` (``replace=True``) the run keeps its name: the folder already there is moved aside
-to ``.<name>.replaced.partial-<pid>`` (which no reader takes for a finished run) just before the rename,
-and deleted after it; until then the old run stays whole in place.
+With ``--overwrite`` (``replace=True``) the run keeps its name: the new run and the folder already there are
+swapped in one step (``renameat2(RENAME_EXCHANGE)`` on Linux: at every moment one whole run is visible), and the
+old one, now in the hidden folder, deleted. Where the file system cannot swap, the old run is moved aside to
+``.<name>.replaced.partial-<pid>`` (which no reader takes for a finished run) just before the rename and
+deleted after it; a process killed between those two renames leaves both hidden, and the next ``train`` or
+``score --models`` puts the right one back (:func:`mura_ens.run_folder.recover_replaced_runs`).
 """
 
 from __future__ import annotations
@@ -39,10 +42,17 @@ from .. import console
 from ..constants import DEBUG_ENV
 from ..errors import RunFailed, UsageError
 from ..io import atomic_write_json
-from ..run_folder import CARD_FILE, PARTIAL_INFIX, parse_partial_name
+from ..run_folder import (
+    CARD_FILE,
+    PARTIAL_INFIX,
+    PARTIAL_MARKER,
+    REPLACED_SUFFIX,
+    parse_partial_name,
+    recover_replaced_runs,
+)
 
 #: The marker inside a partial folder: who builds it, for which final name and configuration.
-MARKER_FILE = ".mura-ens-partial.json"
+MARKER_FILE = PARTIAL_MARKER
 
 
 def partial_name(final_name: str, pid: int) -> str:
@@ -167,8 +177,17 @@ class PartialRun:
         return self.final
 
     def _commit_replacing(self) -> Path:
-        """``final`` moved aside, ``work`` renamed to ``final`` (the old run put back if that fails), then deleted."""
-        aside = self.final.with_name(partial_name(f"{self.final.name}.replaced", os.getpid()))
+        """``work`` and ``final`` swapped in one step and the old run deleted; where the file system cannot
+        swap, ``final`` moved aside, ``work`` renamed to ``final`` (the old run put back if that fails), then
+        the old run deleted."""
+        if exchange_folders(self.work, self.final):
+            self.committed = True
+            with contextlib.suppress(OSError):
+                (self.final / MARKER_FILE).unlink()
+            _sync_folder(self.final.parent)
+            shutil.rmtree(self.work, ignore_errors=True)  # the old run, now under the hidden name
+            return self.final
+        aside = self.final.with_name(partial_name(f"{self.final.name}{REPLACED_SUFFIX}", os.getpid()))
         if os.path.lexists(aside):
             shutil.rmtree(aside, ignore_errors=True)
         os.rename(self.final, aside)
@@ -187,6 +206,24 @@ class PartialRun:
             with contextlib.suppress(OSError):
                 aside.unlink()
         return self.final
+
+
+def exchange_folders(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where
+    the system or the file system cannot (then nothing was changed)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a libc without renameat2 (glibc < 2.28, musl < 1.2.?)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _sync_folder(folder: Path) -> None:
@@ -218,6 +255,9 @@ def building_run(
     """
     made_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    for line in recover_replaced_runs(out):  # an --overwrite killed between its renames: its run back in view
+        if echo:
+            echo(line)
     for stale in clean_stale_partials(out, config_fingerprint):
         if echo:
             echo(f"removed {stale.name}: an unfinished run of this configuration whose process is gone")

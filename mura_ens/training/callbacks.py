@@ -1,4 +1,4 @@
-"""Keras callbacks of a training run: per-epoch log + progress line, atomic best checkpoint.
+"""Keras callbacks of a training run: per-epoch log + progress line, step progress bar, atomic best checkpoint.
 
 Imports Keras at module level: import this module only inside functions.
 """
@@ -60,6 +60,67 @@ class EpochLog(_Callback):
             self.on_first_epoch()
         if self.echo is not None:
             self.echo(progress_line(row, self.epochs, best=improved))
+
+
+class StepProgress(_Callback):
+    """A progress bar inside each epoch (steps, images/s, ETA, running loss) on stderr, removed when the epoch
+    ends, where :class:`EpochLog`'s line takes its place. ``steps``: the expected steps per epoch (the pipeline
+    drops unreadable images, so Keras cannot count them); ``images_per_step``: the global batch size.
+    ``console``: a ``rich.console.Console`` (default: stderr; in Jupyter, rich draws it in the cell)."""
+
+    def __init__(self, steps: int, epochs: int, images_per_step: int, *, console: Any = None):
+        super().__init__()
+        self.steps, self.epochs, self.images_per_step = max(1, int(steps)), epochs, images_per_step
+        self.console = console
+        self._bar: Any = None
+        self._task: Any = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn(f"epoch {epoch + 1}/{self.epochs}"),
+            BarColumn(bar_width=20),  # the whole line fits 80 columns
+            MofNCompleteColumn(),
+            TextColumn("steps {task.fields[rate]} ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[phase]}"),
+            console=self.console or Console(stderr=True),
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("epoch", total=self.steps, rate="    - img/s", phase="")
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._bar is None:
+            return
+        done = batch + 1
+        now = time.perf_counter()
+        if done == 1:  # the rate counts from the first step's end: that step also traces and compiles the model
+            self._start = now
+        elapsed = max(now - self._start, 1e-9)
+        rate = f"{(done - 1) * self.images_per_step / elapsed:6.1f} img/s" if done > 1 else "    - img/s"
+        loss = _as_float((logs or {}).get("loss"))
+        phase = f"loss {loss:.3f}" if loss is not None else ""
+        total = max(self.steps, done)  # more steps than expected: the bar grows rather than overflows
+        self._bar.update(self._task, completed=done, total=total, rate=rate, phase=phase)
+
+    def on_test_begin(self, logs=None):
+        if self._bar is not None:
+            self._bar.update(self._task, phase="validating")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._close()
+
+    def on_train_end(self, logs=None):
+        self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 class BestCheckpoint(_Callback):

@@ -40,19 +40,12 @@ class TrainingWarning(UserWarning):
 
 
 @contextlib.contextmanager
-def training_warnings_as_lines(prefix: str = "mura-ens: warning: ") -> Iterator[None]:
-    """Inside the block, show each :class:`TrainingWarning` at once as one ``prefix + message`` line on stderr
-    (every one, even repeated); other warnings are shown as usual. Used by ``mura-ens train`` (and the demo)."""
-    with warnings.catch_warnings():
+def training_warnings_as_lines() -> Iterator[None]:
+    """Inside the block, show each warning at once as one ``mura-ens: warning: ...`` line on stderr
+    (:func:`mura_ens.console.warning_line`; every :class:`TrainingWarning`, even repeated). Used by
+    ``mura-ens train``, the demo and :func:`mura_ens.train`."""
+    with console.warnings_as_lines():
         warnings.simplefilter("always", TrainingWarning)
-        show = warnings.showwarning
-
-        def one_line(message, category, filename, lineno, file=None, line=None):
-            if not issubclass(category, TrainingWarning):
-                return show(message, category, filename, lineno, file, line)
-            console.echo(f"{prefix}{message}")
-
-        warnings.showwarning = one_line
         yield
 
 

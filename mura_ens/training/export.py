@@ -57,6 +57,7 @@ from ..run_folder import (  # file names re-exported: the trainer imports them f
     update_card,
     write_onnx_props,
 )
+from .tf_runtime import model_inputs
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -199,7 +200,7 @@ def export_model(
     set_metadata(model_proto, metadata)
     data = model_proto.SerializeToString()
     onnx_prob = onnx_probabilities(data, images)
-    keras_prob = np.asarray(model.predict_on_batch(images), dtype=np.float64).reshape(-1)
+    keras_prob = np.asarray(model.predict_on_batch(model_inputs(model, images)), dtype=np.float64).reshape(-1)
     diff = float(np.max(np.abs(onnx_prob - keras_prob)))
     if not np.isfinite(diff) or diff > tolerance:
         raise ParityError(
@@ -224,7 +225,7 @@ def export_model(
 
 
 def write_explain(
-    model, run_dir: str | Path, images: np.ndarray, *, feature_layer: str | None = None
+    model, run_dir: str | Path, images: np.ndarray, *, feature_layer: str | None = None, source: str = "plugin"
 ) -> dict[str, Any]:
     """Write the explain artifact (heatmaps at scoring time, docs/explain.md) next to ``run_dir/model.onnx``:
     model.onnx with the feature map as a second output (or, failing that, converted like it), checked against
@@ -235,7 +236,14 @@ def write_explain(
     from .explain_export import export_explain
 
     batch = np.asarray(images, dtype=np.float32)
-    return export_explain(float32_model(model), run_dir, batch, convert=convert_to_onnx, feature_layer=feature_layer)
+    return export_explain(
+        float32_model(model),
+        run_dir,
+        batch,
+        convert=convert_to_onnx,
+        feature_layer=feature_layer,
+        feature_layer_source=source,
+    )
 
 
 def plugin_feature_layer(plugin: Any) -> str | None:
@@ -304,7 +312,11 @@ def export_run(run_dir: str | Path) -> ExportedRun:
     model = float32_model(load_best_model(run_dir / BEST_FILE, plugin=plugin))
     info = export_model(model, run_dir / MODEL_FILE, metadata=metadata, parity_images=images)
     info["parity_paths"] = paths
-    info["explain"] = write_explain(model, run_dir, images, feature_layer=plugin_feature_layer(plugin))
+    chosen = (card.get("config") or {}).get("explain_layer")  # train --explain-layer
+    layer = chosen or plugin_feature_layer(plugin)
+    info["explain"] = write_explain(
+        model, run_dir, images, feature_layer=layer, source="option" if chosen else "plugin"
+    )
     update_card(run_dir, {"export": info, "onnx_max_abs_diff": info["onnx_max_abs_diff"]})
     return ExportedRun(path=run_dir / MODEL_FILE, metadata=metadata, export=info)
 
@@ -325,6 +337,26 @@ def _run_parity_images(run_dir: Path, card: dict, image_size: int, resize_policy
     return images, used
 
 
+def save_inference_model(model, path: str | Path) -> Path:
+    """Save ``model`` (loaded with ``compile=False``: no optimizer) to ``path`` (``.keras``), atomically.
+
+    What a finished run's ``best.keras`` holds: the architecture and the weights, which is all that
+    ``export`` and ``--init-from`` read. The Adam state (two more copies of every weight, about two
+    thirds of the file) is dropped: nothing resumes a finished run's training (a killed run is
+    retrained, see :mod:`.atomic_run`), and a fine-tune starts a fresh optimizer anyway.
+    """
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.slim.tmp.keras")  # Keras insists on the .keras suffix
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def load_best_model(path: str | Path, *, plugin: str | None = None):
     """Load a ``best.keras`` for inference (``compile=False``).
 
@@ -343,4 +375,11 @@ def load_best_model(path: str | Path, *, plugin: str | None = None):
             get_plugin(plugin)
         except PluginError:
             pass
-    return keras.models.load_model(str(path), compile=False)
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as exc:  # a damaged or foreign file: Keras raises ValueError, OSError, BadZipFile, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UsageError(
+            f"{path} cannot be loaded ({type(exc).__name__}: {first[:300]}): the file is damaged or not a Keras "
+            "model; retrain the run (mura-ens train ... --overwrite) or put its best.keras back"
+        ) from exc

@@ -99,6 +99,11 @@ class TrainOptions:
         ``best.keras`` weights start every model of the call, then fine-tuned (see
         :mod:`mura_ens.training.warm_start`); plugin parameters and input size default to that run's.
         Stored as an absolute path string; the folder is checked when training starts.
+    explain_layer : str, optional
+        The layer whose output heatmaps are drawn from (``train --explain-layer``), overriding the plugin's
+        ``feature_layer`` and the target rule (docs/explain.md); kept in ``card.json`` ``config`` (when
+        given), so ``mura-ens export RUN_DIR`` uses it again. A name the model lacks is recorded in
+        ``explain.json`` as the reason it has no heatmaps.
     """
 
     body_part: str | None = None
@@ -125,6 +130,7 @@ class TrainOptions:
     init_from: str | os.PathLike | None = None
     overwrite: bool = False
     tensorboard: bool = True
+    explain_layer: str | None = None
 
     def __post_init__(self) -> None:
         if self.body_part is not None and self.body_part not in BODY_PARTS:
@@ -162,6 +168,8 @@ class TrainOptions:
             self._set("weights", os.fspath(self.weights))
         self._set("cache", str(self.cache) if self.cache else None)
         self._set("init_from", _folder("init-from", self.init_from))
+        if self.explain_layer is not None and (not isinstance(self.explain_layer, str) or not self.explain_layer):
+            raise UsageError(f"explain-layer must be a layer name, got {self.explain_layer!r}")
 
     def _set(self, key: str, value: Any) -> None:
         object.__setattr__(self, key, value)  # normalising a frozen instance, in __post_init__ only
@@ -188,6 +196,7 @@ class TrainOptions:
             strategy=self.strategy,
             cache=None if self.cache is None else str(self.cache),
             init_from=None if self.init_from is None else str(self.init_from),
+            explain_layer=self.explain_layer,
         )
 
 
@@ -216,10 +225,15 @@ class RunConfig:
     strategy: str
     cache: str | None
     init_from: str | None = None
+    explain_layer: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict, in field order."""
-        return asdict(self)
+        """The fields as a plain dict, in field order (``explain_layer`` only when set: runs made before it
+        existed keep their identity)."""
+        fields = asdict(self)
+        if fields["explain_layer"] is None:
+            del fields["explain_layer"]
+        return fields
 
 
 def _is_number(value: Any) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.images import ImageError, load_image
-from .tf_runtime import import_tensorflow
+from .tf_runtime import import_tensorflow, model_inputs
 
 #: Largest rotation applied by augmentation, in degrees (either way).
 MAX_ROTATION_DEGREES = 30.0
@@ -316,7 +316,7 @@ def predict_paths(
         paths, image_size=image_size, resize_policy=resize_policy, batch_size=batch_size, failures=failures
     )
     for images, ok in data:
-        probs.append(np.asarray(model.predict_on_batch(images), dtype=np.float64).reshape(-1))
+        probs.append(np.asarray(model.predict_on_batch(model_inputs(model, images)), dtype=np.float64).reshape(-1))
         oks.append(ok.numpy())
     if not probs:
         return np.zeros(0), np.zeros(0, dtype=bool)

@@ -21,7 +21,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from .tf_runtime import import_tensorflow
+from .tf_runtime import import_tensorflow, model_inputs
 
 tf, keras = import_tensorflow()
 # Keras is untyped here (no stubs): its base class is taken as an Any-typed name mypy can subclass.
@@ -73,7 +73,7 @@ def write_op_graph(model: Any, log_dir: Path) -> bool:
     """Write the TF op graph of ``model``'s inference pass to an event file in ``log_dir``; False if it
     cannot be traced."""
     spec = tf.TensorSpec((None, *tuple(model.inputs[0].shape[1:])), tf.float32, name="image")
-    forward = tf.function(lambda images: model(images, training=False))
+    forward = tf.function(lambda images: model(model_inputs(model, images), training=False))
     try:
         graph = forward.get_concrete_function(spec).graph
     except Exception:  # tracing is best effort: the run's scalars matter more than its picture

@@ -126,3 +126,16 @@ def device_setup(*, mixed_precision: bool | None = None, xla: bool | None = None
             notes.append("no GPU: XLA stays off")
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     return DeviceSetup(device="GPU" if gpus else "CPU", gpus=gpus, mixed_precision=mixed, xla=jit, notes=tuple(notes))
+
+
+def model_inputs(model: Any, images: Any) -> Any:
+    """``images`` in the input structure ``model`` was built with: ``[images]`` for a model whose inputs are a
+    one-element list (a model loaded from ``.keras``, or ``keras.Model(model.inputs, ...)``), a dict for named
+    inputs, else ``images`` itself. Calling a functional model with another structure works but makes Keras
+    warn "The structure of `inputs` doesn't match the expected structure" on every call."""
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, (list, tuple)) and len(struct) == 1:
+        return [images]
+    if isinstance(struct, dict) and len(struct) == 1:
+        return {next(iter(struct)): images}
+    return images

@@ -39,20 +39,22 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__, console
+from ..data.manifest import manifest_table
 from ..errors import PluginError, RunFailed, UsageError
-from ..io import atomic_write_json
+from ..io import atomic_write_csv, atomic_write_json, write_errors_as_usage
 from ..plugin import GENERALIST, SPECIALIST_FAMILY, WEIGHTS_CHOICES, check_plugin, resolve_params
 from ..run_folder import (
     BEST_FILE,
     CURVES_FILE,
     EVALUATION_FILE,
+    HELDOUT_FILE,
     HISTORY_FILE,
     MODEL_FILE,
     TENSORBOARD_DIR,
     ModelMetadata,
     write_card,
 )
-from .atomic_run import PartialRun, building_run, choose_run_name, fingerprint
+from .atomic_run import PartialRun, building_run, check_run_name, choose_run_name, fingerprint
 from .checks import (
     check_cache_path,
     check_loaded,
@@ -202,15 +204,27 @@ def train(
         options = replace(options, **overrides) if options is not None else TrainOptions(**overrides)
     options = options if options is not None else TrainOptions()
     started = time.perf_counter()
-    check_out_path(out)
-    job = _prepare(_plugin_object(plugin), data, options, Path(out).absolute())
+    _check_paths_first(data, out, options)
+    with write_errors_as_usage(str(out)):  # a full or read-only disk: one line (the unfinished run is deleted)
+        job = _prepare(_plugin_object(plugin), data, options, Path(out).absolute())
+        runs = _train_all(job, Path(out).absolute())
+    if job.echo:
+        if job.distribution is None or job.distribution.is_chief:
+            job.echo(f"done in {time.perf_counter() - started:.1f} s: {len(runs)} run folder(s)")
+        else:
+            job.echo(f"done in {time.perf_counter() - started:.1f} s; the chief writes the run folder(s)")
+    return runs
+
+
+def _train_all(job: _Job, out: Path) -> list[Path]:
+    """Train every planned run not reused; return the run folders (reused ones included)."""
     runs: list[Path] = []
     for plan in job.plans:
         if plan.reuse:  # a finished run of this configuration: nothing is built, nothing touched
-            runs.append(Path(out).absolute() / plan.name)
+            runs.append(out / plan.name)
             continue
         if job.distribution.is_chief:
-            run = _train_one(plan, job, Path(out).absolute())
+            run = _train_one(plan, job, out)
             if run is not None:
                 runs.append(run)
             continue
@@ -218,12 +232,24 @@ def train(
         # (Keras checkpoints must run on every worker) into a scratch folder removed afterwards.
         with tempfile.TemporaryDirectory(prefix="mura-ens-worker-") as scratch:
             _train_one(plan, job, Path(scratch))
-    if job.echo:
-        if job.distribution is None or job.distribution.is_chief:
-            job.echo(f"done in {time.perf_counter() - started:.1f} s: {len(runs)} run folder(s)")
-        else:
-            job.echo(f"done in {time.perf_counter() - started:.1f} s; the chief writes the run folder(s)")
     return runs
+
+
+def _check_paths_first(data: str | os.PathLike | pd.DataFrame, out: str | os.PathLike, options: TrainOptions) -> None:
+    """What needs no scan, before anything is read or created: ``--name`` is a plain folder name, ``--out`` is
+    a writable folder (or can be made) and not one of the paths training reads (``--data``, ``--cache``, ...)."""
+    from ..io import check_writable_folder, refuse_input_as_output
+
+    if options.name is not None:
+        check_run_name(options.name)
+    check_out_path(out)
+    check_writable_folder(out)
+    read = [options.cache, options.init_from]
+    if not isinstance(data, pd.DataFrame):
+        read.append(data)
+    if options.weights not in (None, "none", "imagenet"):
+        read.append(options.weights)
+    refuse_input_as_output([out], read)
 
 
 def _prepare(plugin: Any, data: str | os.PathLike | pd.DataFrame, options: TrainOptions, out: Path) -> _Job:
@@ -608,7 +634,7 @@ def _finish(
     model, plan: RunPlan, run: PartialRun, folds: _Folds, fitted: _Fitted, job: _Job, timings: dict, notes: list
 ) -> dict[str, Any]:
     """Keep the best weights, evaluate and export them (in ``run.work``); return the content of card.json."""
-    from .export import float32_model, load_best_model
+    from .export import float32_model, load_best_model, save_inference_model
     from .schematic import write_schematic
     from .tf_runtime import import_tensorflow
 
@@ -616,10 +642,13 @@ def _finish(
     notes = [*notes, *fitted.notes, *_keep_best(model, run.work, plan, fitted, job.config)]
     # Evaluate and export exactly what best.keras holds, in float32 (what ONNX scoring computes).
     keras.mixed_precision.set_global_policy("float32")
-    best = float32_model(load_best_model(run.work / BEST_FILE))
+    loaded = load_best_model(run.work / BEST_FILE)
+    save_inference_model(loaded, run.work / BEST_FILE)  # architecture + weights; the optimizer state is dropped
+    best = float32_model(loaded)
     tick = time.perf_counter()
     evaluated = _evaluate(best, plan, run.work, folds, fitted.failures, job)
     timings["evaluate"] = round(time.perf_counter() - tick, 3)
+    atomic_write_csv(run.work / HELDOUT_FILE, manifest_table(folds.val))  # a labelled tuning set for score
     exported = _export(best, plan, run.work, folds, job, name=run.name)
     timings["export"] = exported.report["seconds"]
     schematic = write_schematic(best, run.work)  # model.txt, and model.png when Graphviz is there
@@ -740,7 +769,13 @@ def _fit(model, run_dir: Path, folds: _Folds, job: _Job, *, name: str) -> _Fitte
     log = EpochLog(run_dir / HISTORY_FILE, config.epochs, echo=echo, on_first_epoch=check_first_epoch)
     tick = time.perf_counter()
     logs = run_dir / TENSORBOARD_DIR if job.tensorboard else None
-    _run_fit(model, train_ds, val_ds, callbacks=_callbacks(config.patience, checkpoint, log, logs), job=job)
+    callbacks = _callbacks(config.patience, checkpoint, log, logs)
+    if echo is not None and job.distribution.is_chief and console.interactive():  # a step bar inside each epoch
+        from .callbacks import StepProgress
+
+        batch = job.distribution.global_batch_size(config.batch_size)
+        callbacks.insert(callbacks.index(log), StepProgress(-(-len(folds.train) // batch), config.epochs, batch))
+    _run_fit(model, train_ds, val_ds, callbacks=callbacks, job=job)
     return _Fitted(
         log=log,
         checkpoint=checkpoint,
@@ -861,7 +896,9 @@ def _export(best, plan: RunPlan, run_dir: Path, folds: _Folds, job: _Job, *, nam
     report = export_model(best, run_dir / MODEL_FILE, metadata=metadata, parity_images=parity_images)
     report["parity_paths"] = parity_paths
     report["path"] = str(run_dir.parent / name / MODEL_FILE)  # where it is once the run is finished
-    report["explain"] = write_explain(best, run_dir, parity_images, feature_layer=plugin_feature_layer(plan.builder))
+    layer = config.explain_layer or plugin_feature_layer(plan.builder)
+    source = "option" if config.explain_layer else "plugin"
+    report["explain"] = write_explain(best, run_dir, parity_images, feature_layer=layer, source=source)
     if job.echo:
         job.echo(f"exported {name}/{MODEL_FILE} (ONNX vs Keras max |diff| {report['onnx_max_abs_diff']:.2g})")
     return _Exported(metadata=metadata, report=report)

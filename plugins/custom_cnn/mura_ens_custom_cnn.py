@@ -34,6 +34,16 @@ class CustomCNN(Plugin):
         "spatial_dropout": 0.0,
     }
     choices = {"pooling": ("max", "avg")}
+    param_help = {
+        "starting_filters": "filters of the first cell; doubled in each next one (integer >= 1)",
+        "cells": "number of cells, each halving the side (integer >= 1)",
+        "convs_per_cell": "3x3 convolutions per cell (integer >= 1)",
+        "pooling": "the 2x2 pooling: max or avg",
+        "batch_norm": "batch norm after each convolution (which then has no bias)",
+        "bn_momentum": "batch-norm moving-average momentum",
+        "dropout": "dropout rate before the sigmoid unit, in [0, 1)",
+        "spatial_dropout": "rate of a SpatialDropout2D after every convolution, in [0, 1); 0 adds no layer",
+    }
     default_input_size = 256
     default_weights = "none"
 

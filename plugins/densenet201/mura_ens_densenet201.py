@@ -18,6 +18,12 @@ class DenseNet201Plugin(Plugin):
     description = "Keras DenseNet201, ImageNet normalisation, pooling, optional MLP head"
     defaults = {"trainable_after": 606, "head": "", "dropout": 0.25, "pooling": "avg"}
     choices = {"pooling": ("avg", "max")}
+    param_help = {
+        "trainable_after": "backbone layers from this index on are fine-tuned, earlier ones frozen (0 = all trainable)",
+        "head": "MLP head before the sigmoid unit, e.g. 512-512 (empty = none)",
+        "dropout": "dropout rate after each head layer (before the sigmoid unit when there is no head), in [0, 1)",
+        "pooling": "global pooling of the last feature map: avg or max",
+    }
     default_input_size = 224
     default_weights = "imagenet"
 

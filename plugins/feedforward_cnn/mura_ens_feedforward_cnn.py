@@ -43,10 +43,20 @@ class FeedforwardCNN(Plugin):
         "spatial_dropout": 0.0,
     }
     choices = {"pooling": ("max", "avg")}
+    param_help = {
+        "starting_filters": "filters of the first block; doubled in each next one (integer >= 1)",
+        "blocks": "number of blocks, each halving the side (integer >= 1)",
+        "convs_per_block": "3x3 convolutions per block (integer >= 1)",
+        "pooling": "the 2x2 pooling: max or avg",
+        "batch_norm": "batch norm after each convolution (which then has no bias)",
+        "bn_momentum": "batch-norm moving-average momentum",
+        "dropout": "dropout rate before the sigmoid unit, in [0, 1)",
+        "spatial_dropout": "rate of a SpatialDropout2D after every convolution, in [0, 1); 0 adds no layer",
+    }
     default_input_size = 256
     default_weights = "none"
-    #: The last block's output: the feature map explain artifacts (heatmaps) read.
-    feature_layer = "features"
+    #: The last block's output (named so: tests and older explain artifacts refer to it).
+    last_block = "features"
 
     def build(self, config: Mapping[str, Any]):
         from keras import layers
@@ -63,7 +73,7 @@ class FeedforwardCNN(Plugin):
                 # "same" padding: ceil(n / 2) on both paths, so the sides match for any input size.
                 skip = settings.pool(f"block{block}_skip_pool")(older)
                 x = layers.Concatenate(name=f"block{block}_concat")([newer, skip])
-            output = self.feature_layer if block == settings.stages else f"block{block}_pool"
+            output = self.last_block if block == settings.stages else f"block{block}_pool"
             older, newer = newer, conv_stage(x, filters, settings, prefix=f"block{block}", pool_name=output)
             filters *= 2
         return sigmoid_classifier(inputs, newer, settings, config, self.name)

@@ -19,6 +19,12 @@ class ResNet50Plugin(Plugin):
     description = "Keras ResNet50, ImageNet (caffe) normalisation, pooling, optional MLP head"
     defaults = {"trainable_after": 143, "head": "", "dropout": 0.25, "pooling": "avg"}
     choices = {"pooling": ("avg", "max")}
+    param_help = {
+        "trainable_after": "backbone layers from this index on are fine-tuned, earlier ones frozen (0 = all trainable)",
+        "head": "MLP head before the sigmoid unit, e.g. 512-512 (empty = none)",
+        "dropout": "dropout rate after each head layer (before the sigmoid unit when there is no head), in [0, 1)",
+        "pooling": "global pooling of the last feature map: avg or max",
+    }
     default_input_size = 224
     default_weights = "imagenet"
 

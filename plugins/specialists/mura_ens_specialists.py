@@ -20,6 +20,7 @@ class Specialists(SpecialistFamily):
     name = "specialists"
     description = "One model per body part from a base plugin (--base, default custom_cnn)"
     defaults = {"base": "custom_cnn"}
+    param_help = {"base": "the plugin that builds each body part's model (--base); other --param values go to it"}
 
 
 plugin = Specialists()
