@@ -476,7 +476,8 @@ def _small_part(
         },
     }
     model = PartModel(
-        status=part_status(pooling.kept, False),
+        # a fitted global threshold is a threshold the part uses: the table must not call that the plain mean
+        status=part_status(pooling.kept, abs(float(t_global) - settings.plain_threshold) > 1e-9),
         weights=dict(zip(names, map(float, weights))),
         calibrator=calibrator,
         threshold=float(t_global),

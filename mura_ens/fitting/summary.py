@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ensemble import FittedEnsemble, PartModel
+from .ensemble import FittedEnsemble, PartModel, part_status
 
 #: Status names as tables show them.
 STATUS_TEXT = {
@@ -62,7 +62,7 @@ def summary_rows(fitted: FittedEnsemble) -> list[dict[str, str]]:
     rows.append(
         {
             "part": "other",
-            "status": "plain mean",
+            "status": STATUS_TEXT[part_status(False, fitted.global_threshold != fitted.settings.plain_threshold)],
             "n (abn)": f"{fitted.fitting.get('n_studies', '-')} ({fitted.fitting.get('n_positive', '-')}) in all",
             "weights used": "plain mean",
             "threshold": _fmt(fitted.global_threshold),
