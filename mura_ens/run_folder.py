@@ -310,13 +310,18 @@ def _alive_here(entry: Path, pid: int) -> bool:
             continue
         if host and host != socket.gethostname():
             return True
+    return pid_running(pid)
+
+
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (this process counts; another user's process counts too)."""
     if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # the pid exists (another user's process)
+    except OSError:  # e.g. PermissionError: the pid exists (another user's process)
         return True
     return True
 

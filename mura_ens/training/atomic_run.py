@@ -48,6 +48,7 @@ from ..run_folder import (
     PARTIAL_MARKER,
     REPLACED_SUFFIX,
     parse_partial_name,
+    pid_running,
     recover_replaced_runs,
 )
 
@@ -108,15 +109,7 @@ def _process_alive(marker: dict, *, pid: int) -> bool:
     """Whether the process that built a partial folder may still run (unknown counts as alive)."""
     if marker.get("host", socket.gethostname()) != socket.gethostname():
         return True  # another machine's run (a shared file system): we cannot tell
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: the pid exists (another user's process)
-        return True
-    return True
+    return pid_running(pid)
 
 
 def clean_stale_partials(out: Path, config_fingerprint: str) -> list[Path]:
