@@ -58,6 +58,8 @@ ENSEMBLE_NAME = "ensemble"
 
 #: Failed inputs listed in full up to this many rows (all are in images.csv).
 MAX_FAILED_ROWS = 1000
+#: Fewer labelled studies than this get a note instead of reliability diagrams (5 bins would hold 1-2 each).
+MIN_CALIBRATION_STUDIES = 10
 
 #: Card fields longer than this (as JSON) are cut in the report (they sit in collapsed <details> blocks).
 MAX_CARD_JSON_CHARS = 20000
@@ -376,6 +378,13 @@ def _metrics_table(level: Mapping[str, Any], caption: str, ci: float) -> str:
 
 
 def _roc_section(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> str:
+    labels = _numeric(labelled, "label")
+    classes = set(labels[np.isfinite(labels)].astype(int).tolist())
+    if len(classes) < 2:  # no panel can hold a curve: say so instead of drawing empty axes (~0.5 s)
+        return (
+            '<h2 id="roc">ROC curves (study level)</h2><p class="note">No ROC curve: every labelled study '
+            f"is {'abnormal' if classes == {1} else 'normal'}, and a curve needs both classes.</p>"
+        )
     png = _roc_figure(labelled, model_names, metrics)
     return (
         '<h2 id="roc">ROC curves (study level)</h2>'
@@ -679,7 +688,7 @@ def _forest_section(metrics: Mapping[str, Any], model_names: list[str]) -> str:
     xmin = max(-1.0, math.floor((lowest - 0.05) * 10) / 10)
     figures = []
     for panel in panels:
-        if rows[panel]:
+        if any(group.get("kappa") is not None for _, group, _ in rows[panel]):  # not only "n/a" lines
             png = _forest_png(panel, rows[panel], xmin, int((_group(study, panel) or {}).get("n") or 0))
             figures.append(f'<figure><img alt="study kappa, {_e(panel)}" src="data:image/png;base64,{png}"></figure>')
     ci = 100 * float((metrics.get("bootstrap") or {}).get("ci", 0.95))
@@ -689,6 +698,8 @@ def _forest_section(metrics: Mapping[str, Any], model_names: list[str]) -> str:
         f"(black){baseline} and every model serving the part; the dashed line is chance agreement. "
         "Specialists appear in their own parts only. Values from metrics.json."
     )
+    if not figures:
+        note = "No study kappa to plot: kappa needs both classes among a group's labels and predictions."
     return (
         f'<h2 id="forest">Study kappa per body part</h2><p class="note">{_e(note)}</p>'
         f'<div class="forest">{"".join(figures)}</div>'
@@ -834,6 +845,11 @@ def _ensemble_json_text(fitted: Mapping[str, Any]) -> str:
 
 
 def _calibration_section(labelled: pd.DataFrame, model_names: list[str], metrics: Mapping[str, Any]) -> str:
+    if len(labelled) < MIN_CALIBRATION_STUDIES:
+        return (
+            '<h2 id="calibration">Calibration (study level)</h2><p class="note">Too few labelled studies '
+            f"({len(labelled)}) for a reliability diagram: it needs {MIN_CALIBRATION_STUDIES} or more.</p>"
+        )
     png = _calibration_figure(labelled, model_names, metrics)
     return (
         '<h2 id="calibration">Calibration (study level)</h2>'

@@ -13,7 +13,7 @@ import pytest
 from onnx import helper
 from onnx_graphs import make_explain_run, probabilities
 
-from mura_ens.explain import CannotExplain, grad_cam, load_explainer, normalise
+from mura_ens.explain import CannotExplain, grad_cam, hires_cam, load_explainer, normalise, xgrad_cam
 from mura_ens.explain.artifact import ExplainSpec, write_artifact
 from mura_ens.explain.head import Head
 from mura_ens.onnx.inference import cpu_session
@@ -319,3 +319,37 @@ def test_explain_graph_is_not_taken_for_a_model(legacy_run):
     assert [p.name for p in found.files] == ["model.onnx"]
     session = cpu_session(str(legacy_run.parent / "explain.onnx.bin"))
     assert [o.name for o in session.get_outputs()] == ["prob", "features"]
+
+
+def test_hires_cam_keeps_each_cells_own_gradient():
+    """Two cells, one channel each way: Grad-CAM averages the gradient (+1 and -1 -> 0, an empty map), HiResCAM
+    keeps the cell whose own gradient is positive."""
+    features = np.array([[[[2.0], [3.0]]]])  # (1, 1, 2, 1)
+    gradients = np.array([[[[1.0], [-1.0]]]])
+    np.testing.assert_array_equal(hires_cam(features, gradients), [[[2.0, 0.0]]])
+    np.testing.assert_array_equal(grad_cam(features, gradients.mean(axis=(1, 2))), [[[0.0, 0.0]]])
+
+
+def test_xgrad_cam_weights_the_gradient_by_the_channels_activation():
+    """Channel 0 is active only where its gradient is +1 (cell a), so XGrad-CAM's alpha is +1 where Grad-CAM's
+    mean of +1 and -1 is 0; a silent channel (all zeros) gets alpha 0 instead of a division by zero."""
+    features = np.array([[[[4.0, 0.0], [0.0, 0.0]]]])  # (1, 1, 2, 2): channel 0 active in cell a only
+    gradients = np.array([[[[1.0, 5.0], [-1.0, 5.0]]]])
+    np.testing.assert_array_equal(xgrad_cam(features, gradients), [[[4.0, 0.0]]])
+    np.testing.assert_array_equal(grad_cam(features, gradients.mean(axis=(1, 2))), [[[0.0, 0.0]]])
+
+
+def test_every_method_of_a_cam_head_is_its_cam_and_methods_are_checked(explain_run):
+    explainer = load_explainer(explain_run)
+    assert explainer.map_method == "xgradcam" and explainer.map_name == "CAM"
+    images = pixels(3, seed=2)
+    features, _ = explainer.features(images)
+    gradients = explainer.head.gradients(features)[1]
+    cam = explainer.heatmaps(images, method="gradcam").maps
+    for method, combine in (("xgradcam", xgrad_cam), ("hirescam", hires_cam)):
+        np.testing.assert_allclose(combine(features, gradients), cam, atol=1e-6)
+        np.testing.assert_array_equal(explainer.heatmaps(images, method).maps, cam)
+    with pytest.raises(ValueError, match="'gradcam\\+\\+'.*xgradcam, hirescam, gradcam"):
+        explainer.heatmaps(images, method="gradcam++")
+    with pytest.raises(ValueError, match="xgradcam, hirescam, gradcam"):
+        load_explainer(explain_run, map_method="saliency")

@@ -218,3 +218,6 @@ def test_score_refuses_bad_explain_and_findings_before_any_work(scored, tmp_path
     assert code == 2 and "--findings scores heatmaps: give --explain all" in err
     code, _, err = run_cli([*args, "--explain", "all", "--findings", str(tmp_path / "none.csv")])
     assert code == 2 and "does not exist" in err and not (tmp_path / "o").exists()
+    code, _, err = run_cli([*args, "--explain", "1", "--explain-method", "saliency"])
+    assert code == 2 and "unknown --explain-method 'saliency'; choose one of xgradcam, hirescam, gradcam" in err
+    assert not (tmp_path / "o").exists()

@@ -41,8 +41,12 @@ MIN_PEARSON = 0.99
 CAM_TOLERANCE = 1e-5
 
 
-def keras_grad_cam(model, images: np.ndarray, feature_layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM in Keras: (linear maps sum_k alpha_k A_k, ReLU'd maps), alpha_k = spatial mean of d logit / d A_k.
+def keras_grad_cam(
+    model, images: np.ndarray, feature_layer: str | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Grad-CAM in Keras: (linear maps sum_k alpha_k A_k, ReLU'd maps), alpha_k = spatial mean of d logit / d A_k,
+    and the other methods' maps from the same gradient G: HiResCAM ReLU(sum_k G_k A_k) and XGrad-CAM
+    (alpha_k = sum_ij A_k G_k / sum_ij A_k).
 
     The feature map is ``feature_layer``'s output, else the input of the model's last global pooling / flatten
     layer; the logit is the output layer's pre-activation (its sigmoid switched off for the tape).
@@ -63,8 +67,15 @@ def keras_grad_cam(model, images: np.ndarray, feature_layer: str | None = None) 
     finally:
         output_layer.activation = keras.activations.sigmoid
     alpha = gradients.astype(np.float64).mean(axis=(1, 2))
-    linear = np.einsum("nhwc,nc->nhw", features.numpy().astype(np.float64), alpha)
-    return linear, np.maximum(linear, 0.0)
+    a, g = features.numpy().astype(np.float64), gradients.astype(np.float64)
+    linear = np.einsum("nhwc,nc->nhw", a, alpha)
+    mass = a.sum(axis=(1, 2))
+    x_alpha = np.divide((a * g).sum(axis=(1, 2)), mass, out=np.zeros_like(mass), where=mass != 0)
+    others = {
+        "hirescam": np.maximum((a * g).sum(axis=-1), 0.0),
+        "xgradcam": np.maximum(np.einsum("nhwc,nc->nhw", a, x_alpha), 0.0),
+    }
+    return linear, np.maximum(linear, 0.0), others
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,23 +85,31 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def check_grad_cam_parity(
     model_path: Path, model, images: np.ndarray, *, feature_layer: str | None = None
 ) -> dict[str, float]:
-    """Assert that ``load_explainer(model_path)`` gives Keras' Grad-CAM of ``model`` on ``images``; return figures.
+    """Assert that ``load_explainer(model_path)`` gives Keras' Grad-CAM of ``model`` on ``images``, and its
+    XGrad-CAM (the default) and HiResCAM maps Keras' ones; return figures.
 
     Pearson >= 0.99 on the linear maps pooled over the batch, per image where a map has more than one cell,
     and per image on the ReLU'd heatmaps wherever Keras' heatmap is not constant; and |difference| within
     1e-3 of the maps' scale s = max |map|, or, for a ``cam`` head (the exact CAM), within 1e-5 * max(1, s).
     """
     explainer = load_explainer(model_path)
-    result = explainer.heatmaps(images)
+    result = explainer.heatmaps(images, method="gradcam")
     features, sides, _ = explainer.inputs(images)
     ours = np.einsum("nhwc,nc->nhw", features.astype(np.float64), explainer.channel_weights(features, sides))
     if feature_layer is None and explainer.spec.feature_layer_source == "rule":  # the rule's layer, maybe inner
         feature_layer = explainer.feature_layer
-    linear, theirs = keras_grad_cam(model, images, feature_layer)
+    linear, theirs, others = keras_grad_cam(model, images, feature_layer)
+    other_diffs = {}
+    for method, reference in others.items():
+        other_diffs[f"{method}_max_abs_diff"] = float(
+            np.max(np.abs(explainer.heatmaps(images, method).maps - reference))
+        )
+        assert other_diffs[f"{method}_max_abs_diff"] <= 1e-3 * float(np.max(reference)) + 1e-7, (method, other_diffs)
     assert result.maps.shape == theirs.shape and ours.shape == linear.shape
     keras_prob = np.asarray(model(images, training=False), np.float64).reshape(-1)
     np.testing.assert_allclose(result.probabilities, keras_prob, rtol=0, atol=1e-4)
     figures = {"pooled_pearson": pearson(ours, linear), "max_abs_diff": float(np.max(np.abs(result.maps - theirs)))}
+    figures.update(other_diffs)
     assert figures["pooled_pearson"] >= MIN_PEARSON, figures
     per_image = [pearson(a, b) for a, b in zip(ours, linear, strict=True) if a.size > 1 and np.std(b) > 0]
     shown = [pearson(a, b) for a, b in zip(result.maps, theirs, strict=True) if np.std(b) > 0]

@@ -347,3 +347,25 @@ def test_short_label_keeps_the_start_and_the_end_of_a_long_run_name():
     assert len(short) == 36 and short.startswith("specialists-custo") and short.endswith("wc-aug-XR_ELBOW")
     assert "…" in short
     assert short_label("custom_cnn") == "custom_cnn"
+
+
+def test_a_handful_of_one_class_studies_gets_notes_not_empty_figures(tmp_path):
+    """One abnormal study (a PACS hook's job): no kappa, no ROC curve, too few studies for calibration -- each
+    section says why in one sentence and no matplotlib figure is drawn (they were ~1 s of an empty page)."""
+    run = _run(["solo"], one_class_part=None)
+    images = run["images"]
+    one = images[images["study"] == images.loc[images["label"] == 1, "study"].iloc[0]].copy()
+    studies = study_probabilities(one, prob_cols=["prob__solo", "prob"])
+    studies["pred"], studies["status"] = (studies["prob"] > 0.5).astype(int), "ok"
+    metrics = evaluate_predictions(one, bootstrap=BootstrapSettings(n_resamples=20))
+    metrics["models"] = {
+        "solo": evaluate_predictions(one, prob_col="prob__solo", bootstrap=BootstrapSettings(n_resamples=20))
+    }
+    text = write_report(
+        tmp_path / "r.html", studies=studies, images=one, metrics=metrics, models=run["models"][:1]
+    ).read_text()
+    assert _parse(text).errors == [] and "data:image/png;base64" not in text
+    assert "No study kappa to plot: kappa needs both classes" in text
+    assert "No ROC curve: every labelled study is abnormal, and a curve needs both classes." in text
+    assert "Too few labelled studies (1) for a reliability diagram: it needs 10 or more." in text
+    assert "solo — study level" in text and "Confusion matrix" in text

@@ -62,6 +62,7 @@ def test_progress_bar_when_asked(tree, tiny_models, tmp_path, capsys):
     [
         (["{missing}", "--models", "{runs}"], "input not found"),
         (["{tree}", "--models", "{empty}"], "no ONNX models found"),
+        (["{nested}", "--models", "{runs}"], "no images found in"),  # folders only: answered before any import
         (["{tree}", "--model", "{nchw}"], "(N, 3, H, W)"),
         (
             ["{tree}", "--models", "{runs}", "--providers", "Bogus"],
@@ -75,12 +76,14 @@ def test_progress_bar_when_asked(tree, tiny_models, tmp_path, capsys):
 )
 def test_unusable_arguments_exit_2_with_one_line(tree, tiny_models, tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "nested" / "XR_HAND" / "patient1").mkdir(parents=True)
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,study,body_part,label\na.png,s1,XR_HAND,1\n")
     values = dict(
         missing=tmp_path / "missing",
         runs=tiny_models["gen_a"].parents[1],
         empty=tmp_path / "empty",
+        nested=tmp_path / "nested",
         nchw=tiny_models["nchw"],
         spec_hand=tiny_models["spec_hand"],
         tree=tree,

@@ -6,6 +6,7 @@ happen inside the command so that ``mura-ens --help`` stays fast.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -61,9 +62,19 @@ _Explain = Annotated[
     typer.Option(
         "--explain",
         metavar="K|all",
-        help="Heatmap overlays (CAM/Grad-CAM, no TensorFlow) of the K studies of highest probability and, with labels, "
+        help="Heatmap overlays (XGrad-CAM by default, no TensorFlow) of the K studies of highest probability and, with labels, "
         "the K worst false positives and false negatives: heatmaps/ in --out and a gallery in the report (0: none). "
         "all: every labelled abnormal study too (for explain-eval), plus K=5 of each group.",
+    ),
+]
+_ExplainMethod = Annotated[
+    str,
+    typer.Option(
+        "--explain-method",
+        metavar="xgradcam|hirescam|gradcam",
+        help="How --explain makes a heatmap from the feature map and its gradient: xgradcam (default; the gradient "
+        "averaged per channel, weighted by the channel's activation), hirescam (each cell's own gradient) or "
+        "gradcam (the plain average). docs/explain.md.",
     ),
 ]
 _Findings = Annotated[
@@ -167,6 +178,7 @@ def score_command(
     allow_mismatch: _AllowMismatch = False,
     tta: _Tta = "none",
     explain: _Explain = "0",
+    explain_method: _ExplainMethod = "xgradcam",
     findings: _Findings = None,
     labels: _Labels = None,
     pseudonymize: _Pseudonymize = False,
@@ -206,6 +218,7 @@ def score_command(
         ensemble_file=ensemble_file,
         allow_mismatch=allow_mismatch,
         explain=explain if explain.strip().lower() == "all" else _explain_count(explain),
+        explain_method=explain_method,
         findings=findings,
         labels=labels,
         pseudonymize=pseudonymize,
@@ -231,8 +244,19 @@ def score_command(
 
 
 def _check_input_exists(input: Path) -> None:
-    """A missing input is answered before the command's heavy imports (pandas, numpy: ~0.5 s of CPU)."""
-    if not input.exists():
-        from ..errors import UsageError
+    """A missing input, or a folder holding no file at all, is answered before the command's heavy imports
+    (pandas, numpy: ~0.5 s of CPU); a folder with files is left to the scan, which names what it skipped."""
+    from ..errors import UsageError
 
+    if not input.exists():
         raise UsageError(f"input not found: {input}")
+    if input.is_dir() and not _holds_a_file(input):
+        raise UsageError(f"no images found in {input}")
+
+
+def _holds_a_file(folder: Path) -> bool:
+    """Whether the tree under ``folder`` holds anything but folders (stops at the first such entry)."""
+    for _, _, files in os.walk(folder):
+        if files:
+            return True
+    return False

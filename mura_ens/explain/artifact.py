@@ -41,8 +41,9 @@ from .graph import LAYOUTS
 #: 3: the head may be a graph of spatial layers from an inner feature map, reading side inputs (``sides``);
 #: ``target`` records the target-layer rule's choice.
 EXPLAIN_VERSION = 3
-#: ``method``: class activation map (pooling -> one dense unit: the dense kernel weighs the channels) or
-#: Grad-CAM (channel weights = spatial mean of the logit's gradient, computed by the NumPy backward pass).
+#: ``method``: the head's kind: class activation map (pooling -> one dense unit: the dense kernel weighs the
+#: channels) or ``gradcam`` (the logit's gradient is computed by the NumPy backward pass; scoring then makes
+#: XGrad-CAM, HiResCAM or Grad-CAM maps from it, :data:`mura_ens.explain.explainer.MAP_METHODS`).
 METHODS: tuple[str, ...] = ("cam", "gradcam")
 
 

@@ -1,4 +1,4 @@
-"""Spatial layers of the NumPy backward pass (Grad-CAM from an inner feature map): convolution, 2-D max/average
+"""Spatial layers of the NumPy backward pass (heatmaps from an inner feature map): convolution, 2-D max/average
 pooling, zero padding, concatenation and addition, channels-last, as TensorFlow computes them at inference.
 
 Each function returns the layer's output and the function mapping the output's gradient to the input's

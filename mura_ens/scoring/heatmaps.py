@@ -128,6 +128,8 @@ class ExplainJob:
     defer_install: bool = False
     #: ``--explain all``: every labelled abnormal study too (:func:`~.explain_select.select_studies`).
     every_abnormal: bool = False
+    #: How each map is made (:data:`mura_ens.explain.MAP_METHODS`).
+    method: str = "xgradcam"
 
     def shown(self, text: str) -> str:
         """``text`` as the output files show it (:attr:`hide`)."""
@@ -153,7 +155,7 @@ def write_heatmaps(job: ExplainJob) -> HeatmapOutput:
     selected = select_studies(job.studies, job.k, every_abnormal=job.every_abnormal)
     parts = {str(job.studies["body_part"].iloc[s.row]) for s in selected}
     needed = [m for m in job.models if any(m in members(job.ensemble, job.models, p) for p in parts)]
-    explainers, cannot = _load_explainers(needed)
+    explainers, cannot = _load_explainers(needed, job.method)
     notes = [f"--explain: model {name} cannot explain: {reason}" for name, reason in cannot.items()]
     notes += _small_map_notes(explainers)
     target = job.out / HEATMAPS_DIR
@@ -238,7 +240,9 @@ def _small_map_notes(explainers: Mapping[str, tuple[ModelSpec, Explainer]]) -> l
     return notes
 
 
-def _load_explainers(models: Sequence[ModelSpec]) -> tuple[dict[str, tuple[ModelSpec, Explainer]], dict[str, str]]:
+def _load_explainers(
+    models: Sequence[ModelSpec], method: str
+) -> tuple[dict[str, tuple[ModelSpec, Explainer]], dict[str, str]]:
     """The models that can explain (with their explainer) and, for the others, why not."""
     from ..explain import CannotExplain, load_explainer
 
@@ -246,7 +250,7 @@ def _load_explainers(models: Sequence[ModelSpec]) -> tuple[dict[str, tuple[Model
     cannot: dict[str, str] = {}
     for model in models:
         try:
-            able[model.name] = (model, load_explainer(Path(model.path)))
+            able[model.name] = (model, load_explainer(Path(model.path), map_method=method))
         except CannotExplain as exc:
             cannot[model.name] = str(exc)
         except Exception as exc:  # whatever a damaged artifact raises: a note for that model, never a traceback
@@ -255,7 +259,7 @@ def _load_explainers(models: Sequence[ModelSpec]) -> tuple[dict[str, tuple[Model
 
 
 def _gallery_note(explainers: Mapping[str, tuple[ModelSpec, Explainer]], cannot: Mapping[str, str]) -> str:
-    methods = ", ".join(f"{name} ({explainer.method})" for name, (_, explainer) in explainers.items())
+    methods = ", ".join(f"{name} ({explainer.map_name})" for name, (_, explainer) in explainers.items())
     text = f"Heatmaps from {methods}."
     if cannot:
         text += " Cannot explain (left out): " + "; ".join(f"{n}: {r}" for n, r in cannot.items()) + "."

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..explain.explainer import MAP_METHODS
 from ..io import atomic_write_csv, atomic_write_json, file_sha256, refuse_input_as_output
 from ..metrics import DEFAULT_BOOTSTRAP, BootstrapSettings, EnsembleInfo
 from ..pseudonym import key_for
@@ -131,6 +132,9 @@ class ScoreSettings:
         with labels, the K worst false positives and false negatives) under
         ``heatmaps/`` and in the report (:mod:`~mura_ens.scoring.heatmaps`); 0: none;
         ``"all"``: every labelled abnormal study too, plus K = 5 of each group.
+    explain_method
+        How a heatmap is made from the feature map and its gradient: ``xgradcam`` (default),
+        ``hirescam`` or ``gradcam`` (:data:`mura_ens.explain.MAP_METHODS`).
     findings
         A ``findings.csv`` (ground-truth boxes): the heatmaps are scored against it
         (:mod:`mura_ens.explain.evaluate`): ``explain_eval.json`` and a report table. Needs ``explain``.
@@ -153,6 +157,7 @@ class ScoreSettings:
     tta: str = "none"
     ensemble_file: str | os.PathLike | None = None
     explain: int | str = 0
+    explain_method: str = "xgradcam"
     findings: str | os.PathLike | None = None
     labels: str | os.PathLike | None = None
     pseudonymize: bool = False
@@ -184,6 +189,10 @@ class ScoreSettings:
             raise UsageError(f"unknown --tta {self.tta!r}; choose one of {', '.join(TTAS)}")
         if self.explain != 0 and self.explain != "all" and not _is_count(self.explain):
             raise UsageError(f"--explain must be an integer >= 0 (studies per group) or all, got {self.explain!r}")
+        if self.explain_method not in MAP_METHODS:
+            raise UsageError(
+                f"unknown --explain-method {self.explain_method!r}; choose one of {', '.join(MAP_METHODS)}"
+            )
         if self.findings is not None:
             if not self.explain:
                 raise UsageError("--findings scores heatmaps: give --explain all (or --explain K) too")
@@ -648,6 +657,7 @@ def _draw_heatmaps(run: _Run, images: pd.DataFrame, studies: pd.DataFrame, notes
         hide=run.private.text if run.private is not None else None,
         defer_install=True,
         every_abnormal=run.settings.explain == "all",
+        method=run.settings.explain_method,
     )
     output = write_heatmaps(job)
     if run.settings.findings is not None:
