@@ -2,7 +2,8 @@
 
 Per seed (the demo's own pipeline, :mod:`mura_ens.demo`):
 
-1. ``make_synthetic_mura`` with its default difficulty, the demo's sizes;
+1. ``make_synthetic_mura`` with its default difficulty, the demo's sizes (``valid``: synth's default 20% of
+   the patients, where the demo asks for 30%);
 2. the demo's models (``_train_models``): a ``custom_cnn`` generalist and ``specialists``
    warm-started from it (the **standard** arm);
 3. **weak** specialists: one ``custom_cnn`` per part trained from scratch on a quarter of its
