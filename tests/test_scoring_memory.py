@@ -112,3 +112,29 @@ def test_sessions_use_the_shared_arena_unless_told_not_to():
     with pytest.raises(RuntimeError, match="does not have configuration"):  # never set: the session's own arena
         own.get_session_config_entry("session.use_env_allocators")
     assert own.enable_cpu_mem_arena and own.enable_mem_pattern
+
+
+def test_a_rewritten_model_is_built_through_a_temporary_file_that_does_not_stay(tmp_path, monkeypatch):
+    import tempfile
+
+    from mura_ens.scoring import sessions
+
+    path = _write_models(tmp_path)[0]
+    config = sessions.SessionConfig(intra_op_threads=1)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    pixels = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.float32)
+    expected = sessions._built_session(str(path), config).run(None, {"image": pixels})[0]
+    np.testing.assert_array_equal(
+        sessions._built_session(path.read_bytes(), config).run(None, {"image": pixels})[0], expected
+    )
+    assert list(temp.iterdir()) == []
+
+    def refused(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)  # a full temp folder: the bytes are handed over as before
+    np.testing.assert_array_equal(
+        sessions._built_session(path.read_bytes(), config).run(None, {"image": pixels})[0], expected
+    )
