@@ -6,6 +6,7 @@ import pickle
 import shutil
 import warnings
 
+import onnx
 import pytest
 from scoring_fixtures import TINY, expected_prob, make_tree, tiny
 
@@ -277,3 +278,21 @@ def test_score_prints_skipped_runs_and_copies_as_one_warning_line_each(tmp_path,
     assert any("gen_a_copy" in line and "is a copy of" in line for line in warned), err
     header = (out / "images.csv").read_text().splitlines()[0]
     assert [c for c in header.split(",") if c.startswith("prob__")] == ["prob__gen_a"]
+
+
+def test_intra_op_threads_spin_only_for_graphs_with_many_nodes(tiny_models):
+    """Spinning pays for DenseNet201's ~600 short parallel sections per batch and costs a small graph the cores
+    its decode threads need (onnx/runtime.py): the rule reads the node count from the model file."""
+    from mura_ens.onnx.runtime import SPIN_MIN_NODES
+
+    pool = S.SessionConfig(providers=("CPUExecutionProvider",), intra_op_threads=2)
+
+    def spinning(**kwargs) -> str:
+        return S.session_options(pool, **kwargs).get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spinning() == "1" and spinning(nodes=SPIN_MIN_NODES) == "1" and spinning(nodes=613) == "1"
+    assert spinning(nodes=SPIN_MIN_NODES - 1) == "0" and spinning(nodes=25) == "0"
+    path = tiny_models["gen_a"]
+    nodes = S._node_count(str(path))
+    assert nodes == len(onnx.load(str(path)).graph.node) and nodes < SPIN_MIN_NODES
+    assert S._node_count(path.read_bytes()) == nodes and S._node_count(str(path) + ".missing") is None

@@ -26,8 +26,13 @@ class SessionConfig:
     shared_arena: bool = True
 
 
-def session_options(config: SessionConfig):
-    """The ``SessionOptions`` every scoring session uses, each choice deliberate."""
+#: Graphs with at least this many nodes keep idle intra-op threads spinning (see :func:`session_options`).
+SPIN_MIN_NODES = 100
+
+
+def session_options(config: SessionConfig, *, nodes: int | None = None):
+    """The ``SessionOptions`` every scoring session uses, each choice deliberate. ``nodes``: the graph's
+    node count where known (spinning is for graphs of :data:`SPIN_MIN_NODES` or more)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -42,9 +47,13 @@ def session_options(config: SessionConfig):
     # Measured on 2 cores with decode threads running alongside (DenseNet201, 256 px, batch 16):
     # spinning off, raw 15.2 img/s fp32 / 47.6 int8 and streaming 14.6 / 45.8; spinning on, raw
     # 16.5 / 51.9 and streaming 15.5 / 46.9: waking sleeping threads for each of DenseNet's ~400
-    # parallel sections costs more than the decode time the spinning takes away. With one thread
-    # (e.g. one per Dask worker process) there is no pool and nothing to spin.
-    spin = config.intra_op_threads != 1
+    # parallel sections costs more than the decode time the spinning takes away. A small graph is the
+    # other way round: custom_cnn (25 nodes, 256 px, batch 16), `mura-ens score` streaming rate with
+    # spinning on / off, side by side (benchmarks/scoring.py, quiet 2 cores): fp32 50.9 / 55.9 img/s,
+    # int8 119 / 146 (raw session.run the same either way): its few, longer sections leave the spinning
+    # threads burning the cores the decode threads need. DenseNet201 has 613 nodes, ResNet50 over 100.
+    # With one thread (e.g. one per Dask worker process) there is no pool and nothing to spin.
+    spin = config.intra_op_threads != 1 and (nodes is None or nodes >= SPIN_MIN_NODES)
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     # Same-shape batches repeat: the arena and memory pattern reuse buffers instead of re-allocating.
     so.enable_cpu_mem_arena = True

@@ -50,6 +50,8 @@ class ModelHeader:
     inputs: list[GraphInput]
     initializers: set[str]
     op_types: set[str]
+    #: Nodes of the main graph (not of subgraphs).
+    node_count: int = 0
 
 
 def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
@@ -141,7 +143,7 @@ def _name_of(data: memoryview, span: tuple[int, int], number_wanted: int) -> str
 
 
 def read_header(data: bytes) -> ModelHeader:
-    """The metadata, graph inputs, initializer names and op types of the serialized ONNX model ``data``.
+    """The metadata, graph inputs, initializer names, op types and node count of the serialized ONNX model ``data``.
 
     Raises :class:`WireError` when ``data`` is not well-formed protobuf as read here.
     """
@@ -163,6 +165,7 @@ def read_header(data: bytes) -> ModelHeader:
                     continue
                 if n == _GRAPH_NODE:
                     header.op_types.add(_name_of(view, v, _NODE_OP_TYPE))
+                    header.node_count += 1
                 elif n == _GRAPH_INITIALIZER:
                     header.initializers.add(_name_of(view, v, _TENSOR_NAME))
                 elif n == _GRAPH_INPUT:

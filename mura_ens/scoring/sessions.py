@@ -267,7 +267,7 @@ def _built_session(source: str | bytes, config: SessionConfig):
 
     import onnxruntime as ort
 
-    options, providers = session_options(config), list(config.providers)
+    options, providers = session_options(config, nodes=_node_count(source)), list(config.providers)
     if isinstance(source, str):
         return ort.InferenceSession(source, sess_options=options, providers=providers)
     try:
@@ -283,6 +283,14 @@ def _built_session(source: str | bytes, config: SessionConfig):
         return ort.InferenceSession(path, sess_options=options, providers=providers)
     finally:
         Path(path).unlink(missing_ok=True)
+
+
+def _node_count(source: str | bytes) -> int | None:
+    """The main graph's node count of a model file or its bytes (None when it cannot be read here)."""
+    try:
+        return read_header(source if isinstance(source, bytes) else Path(source).read_bytes()).node_count
+    except (OSError, WireError):
+        return None
 
 
 def clear_sessions() -> None:
