@@ -686,9 +686,11 @@ def _forest_section(metrics: Mapping[str, Any], model_names: list[str]) -> str:
     values = [v for lines in rows.values() for _, g, _ in lines for v in [g.get("kappa"), *(g.get("kappa_ci") or [])]]
     lowest = min([v for v in values if v is not None] + [0.0])
     xmin = max(-1.0, math.floor((lowest - 0.05) * 10) / 10)
-    figures = []
+    figures, undefined = [], []
     for panel in panels:
-        if any(group.get("kappa") is not None for _, group, _ in rows[panel]):  # not only "n/a" lines
+        if not any(group.get("kappa") is not None for _, group, _ in rows[panel]):  # only "n/a" lines
+            undefined += [panel] if rows[panel] else []
+        else:
             png = _forest_png(panel, rows[panel], xmin, int((_group(study, panel) or {}).get("n") or 0))
             figures.append(f'<figure><img alt="study kappa, {_e(panel)}" src="data:image/png;base64,{png}"></figure>')
     ci = 100 * float((metrics.get("bootstrap") or {}).get("ci", 0.95))
@@ -700,6 +702,8 @@ def _forest_section(metrics: Mapping[str, Any], model_names: list[str]) -> str:
     )
     if not figures:
         note = "No study kappa to plot: kappa needs both classes among a group's labels and predictions."
+    elif undefined:
+        note += f" Not plotted, kappa undefined for every line (one class): {', '.join(undefined)}."
     return (
         f'<h2 id="forest">Study kappa per body part</h2><p class="note">{_e(note)}</p>'
         f'<div class="forest">{"".join(figures)}</div>'

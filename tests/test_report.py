@@ -369,3 +369,14 @@ def test_a_handful_of_one_class_studies_gets_notes_not_empty_figures(tmp_path):
     assert "No ROC curve: every labelled study is abnormal, and a curve needs both classes." in text
     assert "Too few labelled studies (1) for a reliability diagram: it needs 10 or more." in text
     assert "solo — study level" in text and "Confusion matrix" in text
+
+
+def test_a_part_whose_kappa_is_undefined_on_every_line_is_named_not_drawn(tmp_path):
+    run = _run(["solo"], one_class_part=None)
+    metrics = run["metrics"]
+    for level in (metrics["study"], metrics["models"]["solo"]["study"]):
+        level["by_body_part"]["XR_HAND"].update(kappa=None, kappa_ci=[None, None])
+    text = write_report(tmp_path / "r.html", **run).read_text()
+    assert len(re.findall(r'alt="study kappa, ([A-Z_a-z]+)"', text)) == len(BODY_PARTS)  # overall + 6 parts
+    assert 'alt="study kappa, XR_HAND"' not in text
+    assert "Not plotted, kappa undefined for every line (one class): XR_HAND." in text

@@ -19,6 +19,7 @@ naming the file, before any image of the run is scored.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -263,8 +264,6 @@ def _built_session(source: str | bytes, config: SessionConfig):
     write (~0.1 s for 80 MB). It lives only while the session is built; where it cannot be written (a full
     or read-only temp folder) the bytes are handed over as before.
     """
-    import tempfile
-
     import onnxruntime as ort
 
     options, providers = session_options(config, nodes=_node_count(source)), list(config.providers)
