@@ -51,7 +51,7 @@ def session_options(config: SessionConfig, *, nodes: int | None = None):
     # other way round: custom_cnn (25 nodes, 256 px, batch 16), `mura-ens score` streaming rate with
     # spinning on / off, side by side (benchmarks/scoring.py, quiet 2 cores): fp32 50.9 / 55.9 img/s,
     # int8 119 / 146 (raw session.run the same either way): its few, longer sections leave the spinning
-    # threads burning the cores the decode threads need. DenseNet201 has 613 nodes, ResNet50 over 100.
+    # threads burning the cores the decode threads need. DenseNet201 has 613 nodes, ResNet50 147.
     # With one thread (e.g. one per Dask worker process) there is no pool and nothing to spin.
     spin = config.intra_op_threads != 1 and (nodes is None or nodes >= SPIN_MIN_NODES)
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
