@@ -58,6 +58,7 @@ from ..io import atomic_write_text
 from .synth_mura import KIND_PREVALENCE, KNOBS, MURA_TRAIN_STUDIES, Finding, render_mura
 from .synth_shapes import SHAPES as _SHAPES
 from .synth_shapes import segment_distance as _segment_distance
+from .synth_shapes import view_placer
 
 #: Share of abnormal studies per body part in MURA v1.1 train (rounded).
 ABNORMAL_RATIOS: dict[str, float] = {
@@ -486,13 +487,7 @@ def _render_easy(rng: np.random.Generator, part: str, size: int, *, injury: str 
     scale = rng.uniform(0.85, 1.05)
     shift = rng.uniform(-0.05, 0.05, size=2) * np.array([width, height])
     mirror = rng.random() < 0.5
-    cos, sin = math.cos(angle), math.sin(angle)
-
-    def place(x: float, y: float) -> tuple[float, float]:
-        if mirror:
-            x = 1.0 - x
-        px, py = (x - 0.5) * width * scale, (y - 0.5) * height * scale
-        return (px * cos - py * sin + width / 2 + shift[0], px * sin + py * cos + height / 2 + shift[1])
+    place = view_placer(width, height, angle=angle, scale=scale, shift=shift, mirror=mirror)
 
     capsules = []
     for x0, y0, x1, y1, radius in _SHAPES[part]:

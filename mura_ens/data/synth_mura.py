@@ -23,7 +23,7 @@ import numpy as np
 
 from .synth_lesions import Bone, Canvas, draw_finding
 from .synth_marks import draw_marks
-from .synth_shapes import SHAPES, segment_distance
+from .synth_shapes import SHAPES, segment_distance, view_placer
 
 #: Study counts (normal, abnormal) per body part in MURA v1.1 train: the ``mura`` proportions.
 MURA_TRAIN_STUDIES: dict[str, tuple[int, int]] = {
@@ -130,14 +130,8 @@ def _place_bones(rng: np.random.Generator, part: str, width: int, height: int) -
     scale = rng.uniform(0.8, 1.1)
     shift = rng.uniform(-0.08, 0.08, size=2) * np.array([width, height])
     mirror = rng.random() < 0.5
-    cos, sin = math.cos(angle), math.sin(angle)
     thickness = rng.uniform(0.8, 1.2)  # a thin or a sturdy patient
-
-    def place(x: float, y: float) -> tuple[float, float]:
-        if mirror:
-            x = 1.0 - x
-        px, py = (x - 0.5) * width * scale, (y - 0.5) * height * scale
-        return (px * cos - py * sin + width / 2 + shift[0], px * sin + py * cos + height / 2 + shift[1])
+    place = view_placer(width, height, angle=angle, scale=scale, shift=shift, mirror=mirror)
 
     bones = []
     for x0, y0, x1, y1, radius in SHAPES[part]:

@@ -6,6 +6,9 @@ gives every pixel's distance to one, from which both renderers draw bone and sof
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 # Bone shapes as capsules (x0, y0, x1, y1, radius) in unit coordinates: x, y in
@@ -47,6 +50,22 @@ SHAPES: dict[str, list[tuple[float, float, float, float, float]]] = {
         (0.05, 0.12, 0.95, 0.07, 0.045),
     ],
 }
+
+
+def view_placer(
+    width: int, height: int, *, angle: float, scale: float, shift: Sequence[float], mirror: bool
+) -> Callable[[float, float], tuple[float, float]]:
+    """Unit coordinates -> canvas pixels under one view: mirrored (x -> 1 - x) if ``mirror``, scaled about the
+    centre, rotated by ``angle`` (radians), then shifted by ``shift`` pixels (both renderers' views)."""
+    cos, sin = math.cos(angle), math.sin(angle)
+
+    def place(x: float, y: float) -> tuple[float, float]:
+        if mirror:
+            x = 1.0 - x
+        px, py = (x - 0.5) * width * scale, (y - 0.5) * height * scale
+        return (px * cos - py * sin + width / 2 + shift[0], px * sin + py * cos + height / 2 + shift[1])
+
+    return place
 
 
 def segment_distance(xx: np.ndarray, yy: np.ndarray, ax: float, ay: float, bx: float, by: float) -> np.ndarray:

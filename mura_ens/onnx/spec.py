@@ -105,6 +105,13 @@ def load_model_spec(path: str | os.PathLike) -> ModelSpec:
         )
     except MetadataError as exc:
         raise ModelError(f"{path}: {exc}") from None
+    return _spec(path, data, meta, (name, dtype), props)
+
+
+def _spec(
+    path: Path, data: bytes, meta: ModelMetadata, image_input: tuple[str, str], props: dict[str, str]
+) -> ModelSpec:
+    """The :class:`ModelSpec` of the model file ``path`` holding ``data``: its metadata, image input (name, dtype)."""
     return ModelSpec(
         path=str(path.resolve()),
         name=meta.model_name,
@@ -113,8 +120,8 @@ def load_model_spec(path: str | os.PathLike) -> ModelSpec:
         input_size=meta.input_size,
         resize_policy=meta.resize_policy,
         threshold=meta.threshold,
-        input_name=name,
-        input_dtype=dtype,
+        input_name=image_input[0],
+        input_dtype=image_input[1],
         sha256=hashlib.sha256(data).hexdigest(),
         metadata=props,
     )
@@ -150,19 +157,7 @@ def _spec_without_onnx(path: Path, data: bytes) -> ModelSpec | None:
         )
     except MetadataError as exc:
         raise ModelError(f"{path}: {exc}") from None
-    return ModelSpec(
-        path=str(path.resolve()),
-        name=meta.model_name,
-        plugin=meta.plugin,
-        body_parts=meta.body_parts,
-        input_size=meta.input_size,
-        resize_policy=meta.resize_policy,
-        threshold=meta.threshold,
-        input_name=inp.name,
-        input_dtype=dtype,
-        sha256=hashlib.sha256(data).hexdigest(),
-        metadata=header.props,
-    )
+    return _spec(path, data, meta, (inp.name, dtype), header.props)
 
 
 def _model_bytes(path: Path) -> bytes:
