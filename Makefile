@@ -23,8 +23,8 @@ demo: $(STAMP)
 	$(VENV)/bin/mura-ens demo --out demo-out
 
 # Two pytest-xdist workers (the 2-core CI machine); whole files per worker (--dist loadfile), so a module's
-# trained fixture is built once; each worker's TensorFlow gets its share of the cores (tests/conftest.py). 849 tests:
-# 9.2 min here against ~19 min serially. `pytest -q -p no:xdist`
+# trained fixture is built once; each worker's TensorFlow gets its share of the cores (tests/conftest.py). 852 tests:
+# 9.2-9.9 min here against ~19 min serially. `pytest -q -p no:xdist`
 # runs them serially.
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
